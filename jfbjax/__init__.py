@@ -1,0 +1,48 @@
+"""jfbjax: implicit (deep-equilibrium) layers in JAX with Jacobian-free backpropagation.
+
+The core (this module) depends on jax alone::
+
+    z_star, info = jfbjax.fixed_point(f, z0, *args, solver=jfbjax.Anderson(), backward=jfbjax.JFB())
+
+Deblurring pieces live in sub-packages imported explicitly: ``jfbjax.imaging``,
+``jfbjax.models``, ``jfbjax.data``, ``jfbjax.training``.
+"""
+
+from jfbjax.backward import IFT, JFB, Neumann, Unrolled, as_backward
+from jfbjax.diagnostics import contraction_estimate, gradient_alignment, residual_trace
+from jfbjax.fixed_point import FixedPointError, fixed_point
+from jfbjax.solvers import (
+    CONVERGED,
+    MAX_ITER,
+    NONFINITE,
+    Anderson,
+    Picard,
+    SolverInfo,
+    Status,
+    as_solver,
+    status_name,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CONVERGED",
+    "IFT",
+    "JFB",
+    "MAX_ITER",
+    "NONFINITE",
+    "Anderson",
+    "FixedPointError",
+    "Neumann",
+    "Picard",
+    "SolverInfo",
+    "Status",
+    "Unrolled",
+    "as_backward",
+    "as_solver",
+    "contraction_estimate",
+    "fixed_point",
+    "gradient_alignment",
+    "residual_trace",
+    "status_name",
+]

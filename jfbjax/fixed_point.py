@@ -1,0 +1,189 @@
+"""``fixed_point``: a forward solver and a backward mode under one custom_vjp."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jfbjax.backward import Backward, Unrolled, as_backward
+from jfbjax.solvers import Solver, SolverInfo, Status, as_solver, iterate
+
+PyTree = Any
+
+
+class FixedPointError(RuntimeError):
+    """Raised (with ``throw=True``) when a solve does not converge."""
+
+
+def fixed_point(
+    f: Callable[..., PyTree],
+    z0: PyTree,
+    *args: PyTree,
+    solver: str | Solver = "anderson",
+    backward: str | Backward = "jfb",
+    throw: bool = False,
+    backward_callback: Callable[[SolverInfo], None] | None = None,
+) -> tuple[PyTree, SolverInfo]:
+    r"""Solve ``z* = f(z*, *args)`` and differentiate through it.
+
+    The forward pass runs ``solver`` from ``z0`` in a ``lax.while_loop``; the
+    reverse pass is given by ``backward``. With ``v = dl/dz*`` the gradient
+    with respect to ``args`` is ``u^T (df/dargs)(z*, args)`` where
+
+    * ``JFB()``: ``u = v`` (one VJP of ``f``, no linear solve);
+    * ``Neumann(k)``: ``u = sum_{i<=k} ((df/dz)^T)^i v``;
+    * ``IFT(...)``: ``u`` solves ``u = v + (df/dz)^T u`` (the exact implicit
+      gradient ``v^T (I - df/dz)^{-1} df/dargs``);
+    * ``Unrolled()``: reverse-mode through the iterations themselves.
+
+    ``f`` is linearised once at ``z*`` (``jax.vjp``) and that VJP is reused
+    for every adjoint iteration; no Jacobian is formed. The gradient with
+    respect to ``z0`` is zero. ``f`` may close over traced values (parameters
+    captured inside a jitted or vmapped function): they are hoisted into
+    explicit arguments, so gradients reach them exactly as if they had been
+    passed in ``args``.
+
+    For a batch, ``jax.vmap`` the call: every sample then has its own
+    Anderson history, residual, iteration count and status, and a sample that
+    converged stops changing while the others go on.
+
+    Args:
+      f: ``f(z, *args)`` returning a pytree with the structure, shapes and
+        dtypes of ``z``. Iterates may be bfloat16, float32 or float64; norms
+        and Anderson's least squares run in at least float32.
+      z0: start point (a pytree of floating arrays).
+      *args: pytrees of arrays; gradients flow to every floating leaf.
+      solver: :class:`~jfbjax.Picard`, :class:`~jfbjax.Anderson`, or
+        ``"anderson"`` / ``"picard"`` for their defaults.
+      backward: :class:`~jfbjax.JFB`, :class:`~jfbjax.IFT`,
+        :class:`~jfbjax.Neumann`, :class:`~jfbjax.Unrolled`, or ``"jfb"``,
+        ``"ift"``, ``"neumann"``, ``"unrolled"`` for their defaults.
+      throw: if True, a solve that ends with status ``MAX_ITER`` or
+        ``NONFINITE`` raises :class:`FixedPointError` (through a host
+        callback, so it also works under ``jit``; the error surfaces when the
+        result is computed, wrapped in JAX's runtime error).
+      backward_callback: opt-in statistics of the backward solve: called on
+        the host with a :class:`SolverInfo` of the adjoint solve every time
+        the gradient is computed (per sample under ``vmap``). For JFB and
+        Neumann ``iterations`` is the number of adjoint terms and
+        ``residual`` measures how far ``u`` is from the exact IFT adjoint;
+        for GMRES ``iterations`` is ``-1`` (not reported by JAX's GMRES).
+
+    Returns:
+      ``(z_star, info)`` with ``info`` a :class:`SolverInfo` (iterations,
+      relative residual ``||f(z) - z|| / (||f(z)|| + 1e-8)`` of the returned
+      point, status code).
+
+    Raises:
+      TypeError: at trace time, if ``f(z0, *args)`` does not have the
+        structure, shapes and dtypes of ``z0`` or ``z0`` is not floating.
+      ValueError: for unknown solver or backward names.
+    """
+    solver = as_solver(solver)
+    backward = as_backward(backward)
+    _check_signature(f, z0, args)
+    z0 = jax.lax.stop_gradient(z0)
+
+    if isinstance(backward, Unrolled):
+        z, info = iterate(solver, lambda z: f(z, *args), z0, differentiable=True)
+    else:
+        f_flat, hoisted = _closure_convert(f, z0, args)
+        z, info = _solve(f_flat, solver, backward, backward_callback, z0, args, hoisted)
+    info = jax.tree.map(jax.lax.stop_gradient, info)
+    if throw:
+        jax.debug.callback(_raise_on_failure, info.status, info.iterations, info.residual)
+    return z, info
+
+
+def _raise_on_failure(status, iterations, residual) -> None:
+    import numpy as np
+
+    status, iterations, residual = map(np.asarray, (status, iterations, residual))
+    bad = status != int(Status.CONVERGED)
+    if np.any(bad):
+        idx = np.argwhere(bad)
+        first = tuple(int(i) for i in idx[0]) if status.ndim else ()
+        code = int(status[first]) if status.ndim else int(status)
+        where = f" (sample {first}, {idx.shape[0]} of {status.size} failed)" if status.ndim else ""
+        raise FixedPointError(
+            f"fixed_point did not converge: status {Status(code).name}{where} after "
+            f"{int(iterations[first])} iterations, relative residual {float(residual[first]):.3e}"
+        )
+
+
+def _describe(tree: PyTree) -> str:
+    leaves = jax.tree.leaves(tree)
+    shapes = ", ".join(f"{jnp.dtype(x.dtype).name}{list(x.shape)}" for x in leaves)
+    return f"structure {jax.tree.structure(tree)} with leaves [{shapes}]"
+
+
+def _check_signature(f: Callable, z0: PyTree, args: tuple) -> None:
+    for leaf in jax.tree.leaves(z0):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(
+                f"fixed_point: every leaf of z0 must be a floating array, got {_describe(z0)}"
+            )
+    out = jax.eval_shape(f, z0, *args)
+    expected = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), z0)
+    same_tree = jax.tree.structure(out) == jax.tree.structure(expected)
+    if not same_tree or any(
+        a.shape != b.shape or a.dtype != b.dtype
+        for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(expected), strict=True)
+    ):
+        raise TypeError(
+            "fixed_point: f(z, *args) must return the structure, shapes and dtypes of z.\n"
+            f"  expected: {_describe(expected)}\n"
+            f"  received: {_describe(out)}"
+        )
+
+
+def _closure_convert(f: Callable, z0: PyTree, args: tuple) -> tuple[Callable, tuple]:
+    """Trace ``f`` once and hoist every traced value it closes over.
+
+    ``jax.closure_convert`` hoists only values that are being differentiated;
+    a value captured from an enclosing ``vmap`` would leak into the
+    custom_vjp. Here every closed-over tracer becomes an explicit argument
+    (``f_flat(z, args, hoisted)``); concrete constants stay closed over.
+    """
+    closed, out_shape = jax.make_jaxpr(lambda z, a: f(z, *a), return_shape=True)(z0, args)
+    is_tracer = [isinstance(c, jax.core.Tracer) for c in closed.consts]
+    hoisted = tuple(c for c, t in zip(closed.consts, is_tracer, strict=True) if t)
+    kept = [c for c, t in zip(closed.consts, is_tracer, strict=True) if not t]
+    out_tree = jax.tree.structure(out_shape)
+    jaxpr = closed.jaxpr
+
+    def f_flat(z, a, h):
+        h_iter, k_iter = iter(h), iter(kept)
+        consts = [next(h_iter) if t else next(k_iter) for t in is_tracer]
+        out = jax.core.eval_jaxpr(jaxpr, consts, *jax.tree.leaves((z, a)))
+        return jax.tree.unflatten(out_tree, out)
+
+    return f_flat, hoisted
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _solve(f_flat, solver, backward, callback, z0, args, hoisted):
+    return iterate(solver, lambda z: f_flat(z, args, hoisted), z0)
+
+
+def _solve_fwd(f_flat, solver, backward, callback, z0, args, hoisted):
+    z, info = iterate(solver, lambda z: f_flat(z, args, hoisted), z0)
+    return (z, info), (z, args, hoisted)
+
+
+def _solve_bwd(f_flat, solver, backward, callback, residuals, cotangents):
+    z, args, hoisted = residuals
+    v, _ = cotangents  # SolverInfo carries no gradient
+    _, vjp = jax.vjp(f_flat, z, args, hoisted)  # linearise f once at z*
+    u, adjoint_info = backward.adjoint(lambda w: vjp(w)[0], v, stats=callback is not None)
+    if callback is not None:
+        jax.debug.callback(callback, adjoint_info)
+    _, args_bar, hoisted_bar = vjp(u)
+    return jax.tree.map(jnp.zeros_like, z), args_bar, hoisted_bar
+
+
+_solve.defvjp(_solve_fwd, _solve_bwd)

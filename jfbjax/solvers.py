@@ -1,0 +1,376 @@
+"""Forward fixed-point solvers: Picard and Anderson, run by one driver loop.
+
+A solver is a small frozen (hashable) configuration object. It knows how to
+start its own state from the first evaluation ``f(z0)`` and how to propose the
+next iterate from that state; the driver (:func:`iterate`) owns everything
+else: evaluating ``f``, the convergence test, the iteration count, the status
+code and the choice between a ``lax.while_loop`` (constant memory, not
+reverse-differentiable) and a ``lax.scan`` (reverse-differentiable, used for
+unrolled backpropagation and for residual traces).
+
+All norms are joint 2-norms over every leaf of the state pytree, accumulated
+in at least float32 whatever the dtype of the iterates. For per-sample
+statistics on a batch, ``jax.vmap`` the solve: every sample then carries its
+own Anderson history, residual, iteration count and status, and a sample that
+has stopped stops changing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+#: Added to the denominator of the relative residual.
+RESIDUAL_EPS = 1e-8
+
+
+class Status(enum.IntEnum):
+    """Why a solve stopped. ``SolverInfo.status`` holds these integer codes."""
+
+    CONVERGED = 0  #: relative residual <= tol
+    MAX_ITER = 1  #: ran max_iter iterations without reaching tol
+    NONFINITE = 2  #: an iterate or f(iterate) contained NaN or inf
+
+
+CONVERGED = Status.CONVERGED
+MAX_ITER = Status.MAX_ITER
+NONFINITE = Status.NONFINITE
+
+
+class SolverInfo(NamedTuple):
+    """Statistics of one solve; a pytree of arrays that carries no gradient.
+
+    Attributes:
+      iterations: number of solver updates performed (``f`` was evaluated
+        ``iterations + 1`` times, the first at ``z0``).
+      residual: relative residual of the returned point ``z``,
+        ``||f(z) - z|| / (||f(z)|| + 1e-8)``, joint 2-norm over all leaves.
+      status: a :class:`Status` code (``CONVERGED``, ``MAX_ITER`` or
+        ``NONFINITE``).
+    """
+
+    iterations: jax.Array
+    residual: jax.Array
+    status: jax.Array
+
+
+def status_name(code: int) -> str:
+    """The name of a status code, e.g. ``status_name(1) == "MAX_ITER"``."""
+    return Status(int(code)).name
+
+
+# --------------------------------------------------------------------------
+# Pytree arithmetic in the accumulation dtype.
+
+
+def acc_dtype(dtype) -> jnp.dtype:
+    """The dtype norms and least squares run in: at least float32."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
+    """sum over leaves of <a, b>, accumulated in at least float32."""
+    parts = [
+        jnp.vdot(x.astype(acc_dtype(x.dtype)), y.astype(acc_dtype(y.dtype))).real
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    ]
+    return sum(parts[1:], parts[0]) if parts else jnp.zeros((), jnp.float32)
+
+
+def tree_norm(a: PyTree) -> jax.Array:
+    """Joint 2-norm of all leaves, in at least float32."""
+    return jnp.sqrt(tree_vdot(a, a))
+
+
+def relative_residual(z: PyTree, fz: PyTree) -> jax.Array:
+    r"""``||f(z) - z|| / (||f(z)|| + eps)`` with ``eps = 1e-8``."""
+    diff = jax.tree.map(jnp.subtract, fz, z)
+    return tree_norm(diff) / (tree_norm(fz) + RESIDUAL_EPS)
+
+
+# --------------------------------------------------------------------------
+# Solver configurations.
+
+
+def _check_common(tol: float, max_iter: int) -> None:
+    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if not (tol >= 0.0 and tol < float("inf")):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Picard:
+    r"""Damped Picard (Krasnosel'skii-Mann) iteration.
+
+    .. math:: z_{k+1} = (1 - \lambda) z_k + \lambda f(z_k)
+
+    Converges linearly at rate ``1 - lambda (1 - L)`` when ``f`` is an
+    ``L``-contraction.
+
+    Args:
+      tol: stop when the relative residual ``||f(z) - z|| / (||f(z)|| + eps)``
+        is ``<= tol``. ``tol=0`` runs exactly ``max_iter`` iterations.
+      max_iter: maximum number of updates (>= 1).
+      damping: ``lambda`` in (0, 1]; 1 is the plain iteration ``z <- f(z)``.
+    """
+
+    tol: float = 1e-4
+    max_iter: int = 50
+    damping: float = 1.0
+
+    def __post_init__(self):
+        _check_common(self.tol, self.max_iter)
+        if not 0.0 < self.damping <= 1.0:
+            raise ValueError(f"damping must be in (0, 1], got {self.damping!r}")
+
+    def init(self, z: PyTree, fz: PyTree) -> tuple:
+        del z, fz
+        return ()
+
+    def propose(self, state: tuple, z: PyTree, fz: PyTree) -> PyTree:
+        del state
+        if self.damping == 1.0:
+            return fz
+        d = self.damping
+        return jax.tree.map(lambda a, b: ((1 - d) * a + d * b).astype(a.dtype), z, fz)
+
+    def record(self, state: tuple, z: PyTree, fz: PyTree) -> tuple:
+        del z, fz
+        return state
+
+
+class AndersonState(NamedTuple):
+    """History of the last ``m`` evaluations, stored as ring buffers.
+
+    ``fs[i]`` is ``f(z_i)``, ``gs[i]`` is the residual ``f(z_i) - z_i`` and
+    ``gram[i, j] = <gs[i], gs[j]>``, kept up to date one row per iteration.
+    ``count`` is the number of columns written so far.
+    """
+
+    fs: PyTree
+    gs: PyTree
+    gram: jax.Array
+    count: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Anderson:
+    r"""Type-II Anderson acceleration with ridge-regularised least squares.
+
+    With ``n = min(k + 1, m)`` stored pairs ``(z_i, f(z_i))`` and residuals
+    ``g_i = f(z_i) - z_i`` the next iterate is
+
+    .. math::
+
+        \alpha = \arg\min_{\sum_i \alpha_i = 1}
+            \|\textstyle\sum_i \alpha_i g_i\|^2 + \lambda \|\alpha\|^2,\qquad
+        z_{k+1} = \beta \sum_i \alpha_i f(z_i) + (1 - \beta) \sum_i \alpha_i z_i.
+
+    The constrained problem has the closed form ``alpha = y / sum(y)`` with
+    ``(G G^T + lambda I) y = 1``. The first update (one stored pair) is the
+    plain step ``beta f(z0) + (1 - beta) z0``; extrapolation starts at the
+    second. The ridge is relative, ``lambda = ridge * mean_i ||g_i||^2``, so
+    the method behaves the same whatever the scale of ``z`` (an absolute ridge
+    swamps the Gram matrix once the residuals are small and stalls the
+    iteration). If the solve is singular or not finite (e.g. ``ridge=0`` with
+    repeated residuals) the update falls back to the plain step. The Gram
+    matrix and the solve run in at least float32; the Gram matrix is updated
+    with one new row per iteration (``m`` inner products, not ``m^2``).
+
+    Args:
+      m: history size (>= 1). ``m=1`` is the damped Picard iteration.
+      beta: mixing parameter in (0, 1].
+      ridge: relative Tikhonov regularisation of the least squares (>= 0).
+      tol: stop when the relative residual is ``<= tol``; ``tol=0`` runs
+        exactly ``max_iter`` iterations.
+      max_iter: maximum number of updates (>= 1).
+    """
+
+    m: int = 5
+    beta: float = 1.0
+    ridge: float = 1e-4
+    tol: float = 1e-4
+    max_iter: int = 50
+
+    def __post_init__(self):
+        _check_common(self.tol, self.max_iter)
+        if not isinstance(self.m, int) or isinstance(self.m, bool) or self.m < 1:
+            raise ValueError(f"m must be an integer >= 1, got {self.m!r}")
+        if not 0.0 < self.beta <= 1.0:
+            raise ValueError(f"beta must be in (0, 1], got {self.beta!r}")
+        if not (self.ridge >= 0.0 and self.ridge < float("inf")):
+            raise ValueError(f"ridge must be a finite number >= 0, got {self.ridge!r}")
+
+    def init(self, z: PyTree, fz: PyTree) -> AndersonState:
+        g = jax.tree.map(jnp.subtract, fz, z)
+        dtype = acc_dtype(jnp.result_type(*jax.tree.leaves(z)))
+        buf = lambda x: jnp.zeros((self.m, *x.shape), x.dtype).at[0].set(x)
+        gram = jnp.zeros((self.m, self.m), dtype).at[0, 0].set(tree_vdot(g, g))
+        return AndersonState(jax.tree.map(buf, fz), jax.tree.map(buf, g), gram, jnp.array(1))
+
+    def _weights(self, state: AndersonState) -> jax.Array:
+        m = self.m
+        n = jnp.minimum(state.count, m)
+        valid = jnp.arange(m) < n
+        gram = jnp.where(valid[:, None] & valid[None, :], state.gram, 0.0)
+        diag = jnp.diagonal(gram)
+        lam = self.ridge * jnp.sum(diag) / n
+        gram = gram + jnp.diag(jnp.where(valid, lam, 1.0))
+        y = jnp.linalg.solve(gram, valid.astype(gram.dtype))
+        alpha = y / jnp.sum(y)
+        latest = (state.count - 1) % m
+        plain = jax.nn.one_hot(latest, m, dtype=alpha.dtype)
+        ok = jnp.all(jnp.isfinite(alpha))
+        return jnp.where(ok, jnp.where(valid, alpha, 0.0), plain)
+
+    def propose(self, state: AndersonState, z: PyTree, fz: PyTree) -> PyTree:
+        del z, fz  # the latest pair is already in the history
+        alpha = self._weights(state)
+
+        def mix(f_hist, g_hist):
+            a = alpha.astype(acc_dtype(f_hist.dtype))
+            f_mix = jnp.tensordot(a, f_hist.astype(a.dtype), axes=1)
+            if self.beta == 1.0:
+                return f_mix.astype(f_hist.dtype)
+            g_mix = jnp.tensordot(a, g_hist.astype(a.dtype), axes=1)
+            # sum a_i z_i = sum a_i f_i - sum a_i g_i
+            return (f_mix - (1.0 - self.beta) * g_mix).astype(f_hist.dtype)
+
+        return jax.tree.map(mix, state.fs, state.gs)
+
+    def record(self, state: AndersonState, z: PyTree, fz: PyTree) -> AndersonState:
+        slot = state.count % self.m
+        g = jax.tree.map(jnp.subtract, fz, z)
+        fs = jax.tree.map(lambda h, x: h.at[slot].set(x), state.fs, fz)
+        gs = jax.tree.map(lambda h, x: h.at[slot].set(x), state.gs, g)
+
+        def row_part(h, x):
+            a = acc_dtype(x.dtype)
+            h2 = h.reshape(self.m, -1).astype(a)
+            return h2 @ x.reshape(-1).astype(a)
+
+        parts = jax.tree.leaves(jax.tree.map(row_part, gs, g))
+        row = sum(parts[1:], parts[0]).astype(state.gram.dtype)
+        gram = state.gram.at[slot, :].set(row).at[:, slot].set(row)
+        return AndersonState(fs, gs, gram, state.count + 1)
+
+
+Solver = Picard | Anderson
+
+_SOLVER_NAMES = {"anderson": Anderson, "picard": Picard}
+
+
+def as_solver(solver: str | Solver) -> Solver:
+    """Accept a solver object, or the shorthands ``"anderson"`` (=
+    ``Anderson()``: m=5, beta=1, ridge=1e-4, tol=1e-4, max_iter=50) and
+    ``"picard"`` (= ``Picard()``: tol=1e-4, max_iter=50, damping=1)."""
+    if isinstance(solver, Picard | Anderson):
+        return solver
+    if isinstance(solver, str) and solver.lower() in _SOLVER_NAMES:
+        return _SOLVER_NAMES[solver.lower()]()
+    raise ValueError(
+        f"solver must be jfbjax.Picard(...), jfbjax.Anderson(...) or one of "
+        f"{sorted(_SOLVER_NAMES)}, got {solver!r}"
+    )
+
+
+# --------------------------------------------------------------------------
+# The driver.
+
+
+class _Carry(NamedTuple):
+    k: jax.Array
+    z: PyTree
+    fz: PyTree
+    residual: jax.Array
+    solver_state: Any
+
+
+def _finished(carry: _Carry, tol: float, max_iter: int) -> jax.Array:
+    done = (carry.k >= max_iter) | ~jnp.isfinite(carry.residual)
+    if tol > 0:
+        done = done | (carry.residual <= tol)
+    return done
+
+
+def _status(carry: _Carry, tol: float) -> jax.Array:
+    converged = carry.residual <= tol if tol > 0 else jnp.zeros((), bool)
+    return jnp.where(
+        ~jnp.isfinite(carry.residual),
+        int(NONFINITE),
+        jnp.where(converged, int(CONVERGED), int(MAX_ITER)),
+    ).astype(jnp.int32)
+
+
+def iterate(
+    solver: Solver,
+    fn: Callable[[PyTree], PyTree],
+    z0: PyTree,
+    *,
+    differentiable: bool = False,
+    trace: bool = False,
+) -> tuple[PyTree, SolverInfo] | tuple[PyTree, SolverInfo, jax.Array]:
+    """Run ``solver`` on ``z = fn(z)`` from ``z0``.
+
+    Args:
+      solver: a :class:`Picard` or :class:`Anderson` configuration.
+      fn: the map, pytree -> pytree of the same structure, shapes and dtypes.
+      z0: the start point.
+      differentiable: if False (default) the loop is a ``lax.while_loop`` that
+        stops as soon as the solve converges (constant memory, but not
+        reverse-differentiable). If True it is a ``lax.scan`` over
+        ``max_iter`` steps in which the state freezes once the solve has
+        stopped: reverse-mode differentiation then backpropagates through the
+        iterations actually taken (memory grows with ``max_iter``).
+      trace: with ``differentiable=True`` only, also return the relative
+        residual after every step, shape ``(max_iter,)`` (frozen entries
+        repeat the final value).
+
+    Returns:
+      ``(z, info)`` or ``(z, info, residuals)`` with ``trace=True``.
+    """
+    solver = as_solver(solver)
+    tol, max_iter = solver.tol, solver.max_iter
+    fz0 = fn(z0)
+    init = _Carry(
+        jnp.zeros((), jnp.int32), z0, fz0, relative_residual(z0, fz0), solver.init(z0, fz0)
+    )
+
+    def step(c: _Carry) -> _Carry:
+        z = solver.propose(c.solver_state, c.z, c.fz)
+        fz = fn(z)
+        return _Carry(
+            c.k + 1, z, fz, relative_residual(z, fz), solver.record(c.solver_state, z, fz)
+        )
+
+    if not differentiable:
+        if trace:
+            raise ValueError("trace=True needs differentiable=True (a scan)")
+        final = jax.lax.while_loop(lambda c: ~_finished(c, tol, max_iter), step, init)
+        residuals = None
+    else:
+
+        def scan_step(c: _Carry, _):
+            active = ~_finished(c, tol, max_iter)
+            new = step(c)
+            c = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, c)
+            return c, c.residual
+
+        final, residuals = jax.lax.scan(scan_step, init, None, length=max_iter)
+
+    info = SolverInfo(
+        iterations=final.k,
+        residual=jax.lax.stop_gradient(final.residual),
+        status=_status(final, tol),
+    )
+    if trace:
+        return final.z, info, jax.lax.stop_gradient(residuals)
+    return final.z, info
