@@ -1,0 +1,336 @@
+"""Forward and backward cost of jfbjax's solvers, side by side with jaxopt.
+
+Usage::
+
+    python -m benchmarks.solvers          # writes benchmarks/results/solvers_<machine>.{md,json}
+    python -m benchmarks.solvers --quick --out /tmp/bench   # tiny sizes (used by the tests)
+
+Problems (per-sample maps, a vmapped batch):
+
+* ``dense``: ``z <- tanh(W z + U x + b)`` with ``||W||_2 = 0.9``, width
+  256 to 4096, batch 64.
+* ``conv``: ``z <- tanh(s * conv3x3(z, K) + conv3x3(x, V))`` on 64x64x8
+  images with ``s ||K|| <= 0.9`` (kernel Frobenius norm bound), batch 8.
+
+Every solver stops at the same relative residual
+``||f(z) - z|| / ||f(z)|| <= tol``. jaxopt's solvers test the absolute
+residual ``||f(z) - z||``; they get ``tol * median ||f(z*)||`` so that both
+stop at the same accuracy, and the table prints the relative residual each
+one reached. jaxopt's Anderson uses ``ridge=1e-5`` absolute (its default);
+jfbjax's ridge is relative (see ``jfbjax.Anderson``).
+
+Times are medians of ``--repeat`` runs of the jitted, compiled function on
+the same machine in the same process; backward time is the time of
+``value_and_grad`` minus the forward time. Ratios measured side by side are
+the point; absolute CPU times depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jfbjax
+
+
+def timed(fn, *args, repeat: int) -> float:
+    """Median wall time in milliseconds of a compiled call (compiled first)."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+# ---------------------------------------------------------------- problems
+
+
+def dense_problem(width: int, batch: int, key):
+    kw, ku, kx, kb = jax.random.split(key, 4)
+    w = jax.random.normal(kw, (width, width)) / np.sqrt(width)
+    w = 0.9 * w / jnp.linalg.norm(w, 2)
+    params = {
+        "w": w,
+        "u": jax.random.normal(ku, (width, 16)) / 4.0,
+        "b": 0.1 * jax.random.normal(kb, (width,)),
+    }
+    x = jax.random.normal(kx, (batch, 16))
+
+    def f(z, p, x):
+        return jnp.tanh(p["w"] @ z + p["u"] @ x + p["b"])
+
+    return f, params, x, jnp.zeros((batch, width))
+
+
+def _conv(x, k):
+    return jax.lax.conv_general_dilated(
+        x[None], k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )[0]
+
+
+def conv_problem(size: int, batch: int, key, channels: int = 8):
+    kk, kv, kx = jax.random.split(key, 3)
+    k = jax.random.normal(kk, (3, 3, channels, channels))
+    params = {
+        "k": 0.9 * k / jnp.linalg.norm(k),  # ||conv|| <= ||K||_F: a 0.9-contraction
+        "v": jax.random.normal(kv, (3, 3, 3, channels)) / 6.0,
+    }
+    x = jax.random.normal(kx, (batch, size, size, 3))
+
+    def f(z, p, x):
+        return jnp.tanh(_conv(z, p["k"]) + _conv(x, p["v"]))
+
+    return f, params, x, jnp.zeros((batch, size, size, channels))
+
+
+# ---------------------------------------------------------------- solvers
+
+
+def jfbjax_solve(f, solver, backward):
+    def solve(params, x, z0):
+        one = lambda x, z0: jfbjax.fixed_point(f, z0, params, x, solver=solver, backward=backward)
+        return jax.vmap(one)(x, z0)
+
+    return solve
+
+
+def jaxopt_solve(f, kind: str, tol: float, max_iter: int):
+    import jaxopt
+
+    def solve(params, x, z0):
+        def one(x, z0):
+            g = lambda z, params, x: f(z, params, x)
+            if kind == "anderson":
+                s = jaxopt.AndersonAcceleration(g, history_size=5, tol=tol, maxiter=max_iter)
+            else:
+                s = jaxopt.FixedPointIteration(g, tol=tol, maxiter=max_iter)
+            out = s.run(z0, params, x)
+            return out.params, out.state.iter_num
+
+        return jax.vmap(one)(x, z0)
+
+    return solve
+
+
+def relative_residuals(f, params, x, z):
+    fz = jax.vmap(lambda z, x: f(z, params, x))(z, x)
+    axes = tuple(range(1, z.ndim))
+    return jnp.sqrt(jnp.sum((fz - z) ** 2, axes)) / jnp.sqrt(jnp.sum(fz**2, axes))
+
+
+def run_case(name, f, params, x, z0, tol, max_iter, repeat, with_jaxopt):
+    row = {"problem": name}
+    picard = jfbjax.Picard(tol=tol, max_iter=max_iter)
+    anderson = jfbjax.Anderson(m=5, tol=tol, max_iter=max_iter)
+    loss = lambda z: jnp.mean(z**2)
+
+    # reference fixed point (tight) for the jaxopt tolerance conversion
+    z_ref, _ = jax.jit(
+        jfbjax_solve(f, jfbjax.Anderson(tol=tol / 10, max_iter=4 * max_iter), "jfb")
+    )(params, x, z0)
+    fz_norm = float(jnp.median(jnp.sqrt(jnp.sum(z_ref.reshape(len(x), -1) ** 2, 1))))
+    abs_tol = tol * fz_norm
+
+    forwards = {
+        "picard": jfbjax_solve(f, picard, "jfb"),
+        "anderson": jfbjax_solve(f, anderson, "jfb"),
+    }
+    if with_jaxopt:
+        forwards["jaxopt_fpi"] = jaxopt_solve(f, "fpi", abs_tol, max_iter)
+        forwards["jaxopt_anderson"] = jaxopt_solve(f, "anderson", abs_tol, max_iter)
+    for key, solve in forwards.items():
+        fn = jax.jit(lambda p, x, z0, solve=solve: solve(p, x, z0))
+        z, aux = fn(params, x, z0)
+        iters = aux.iterations if isinstance(aux, jfbjax.SolverInfo) else aux
+        row[f"fwd_ms_{key}"] = timed(fn, params, x, z0, repeat=repeat)
+        row[f"iters_{key}"] = float(jnp.mean(iters))
+        row[f"relres_{key}"] = float(jnp.max(relative_residuals(f, params, x, z)))
+
+    # backward modes on the Anderson forward
+    backwards = {
+        "jfb": jfbjax.JFB(),
+        "ift": jfbjax.IFT("anderson", tol=tol, max_iter=max_iter),
+        "ift_gmres": jfbjax.IFT("gmres", tol=tol, max_iter=max_iter),
+        "neumann5": jfbjax.Neumann(5),
+        "unrolled": jfbjax.Unrolled(),
+    }
+    grads = {}
+    for key, mode in backwards.items():
+        solve = jfbjax_solve(f, anderson, mode)
+        vg = jax.jit(jax.value_and_grad(lambda p, x, z0, solve=solve: loss(solve(p, x, z0)[0])))
+        total = timed(vg, params, x, z0, repeat=repeat)
+        row[f"step_ms_{key}"] = total
+        row[f"bwd_ms_{key}"] = total - row["fwd_ms_anderson"]
+        grads[key] = vg(params, x, z0)[1]
+    if with_jaxopt:
+        solve = jaxopt_solve(f, "anderson", abs_tol, max_iter)
+        vg = jax.jit(jax.value_and_grad(lambda p, x, z0: loss(solve(p, x, z0)[0])))
+        total = timed(vg, params, x, z0, repeat=repeat)
+        row["step_ms_jaxopt_anderson"] = total
+        row["bwd_ms_jaxopt_anderson"] = total - row["fwd_ms_jaxopt_anderson"]
+        grads["jaxopt"] = vg(params, x, z0)[1]
+    for key in grads:
+        row[f"cos_to_ift_{key}"] = float(jfbjax.gradient_alignment(grads[key], grads["ift"]))
+
+    # the algorithmic minimum of a JFB backward: linearise f at z* and pull back once
+    z_star, _ = jax.jit(forwards["anderson"])(params, x, z0)
+    ct = jax.grad(loss)(z_star)
+
+    @jax.jit
+    def one_vjp(params, x, z_star, ct):
+        fb = lambda p: jax.vmap(lambda z, x: f(z, p, x))(z_star, x)
+        return jax.vjp(fb, params)[1](ct)
+
+    row["vjp_ms"] = timed(one_vjp, params, x, z_star, ct, repeat=repeat)
+    row["jfb_bwd_over_vjp"] = row["bwd_ms_jfb"] / row["vjp_ms"]
+    if with_jaxopt:
+        row["anderson_fwd_ratio_vs_jaxopt"] = row["fwd_ms_anderson"] / row["fwd_ms_jaxopt_anderson"]
+        row["ift_bwd_ratio_vs_jaxopt"] = row["bwd_ms_ift"] / row["bwd_ms_jaxopt_anderson"]
+    return row
+
+
+def machine_name() -> str:
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return f"cpu{os.cpu_count()}"
+    return dev.device_kind.lower().replace(" ", "-")
+
+
+def to_markdown(rows, meta) -> str:
+    def fmt(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = [
+        f"# Solver benchmark on {meta['machine']}",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Device: {meta['device']}; jax {meta['jax']}; tol {meta['tol']} (relative residual), "
+        f"max_iter {meta['max_iter']}, median of {meta['repeat']} runs.",
+        "",
+        "## Forward: iterations (mean per sample) and time to tolerance",
+        "",
+        "| problem | Picard it | Picard ms | Anderson it | Anderson ms "
+        "| jaxopt FPI it | jaxopt FPI ms | jaxopt AA it | jaxopt AA ms | AA ms / jaxopt AA ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [r["problem"]] + [
+            fmt(r.get(k, float("nan")))
+            for k in (
+                "iters_picard",
+                "fwd_ms_picard",
+                "iters_anderson",
+                "fwd_ms_anderson",
+                "iters_jaxopt_fpi",
+                "fwd_ms_jaxopt_fpi",
+                "iters_jaxopt_anderson",
+                "fwd_ms_jaxopt_anderson",
+                "anderson_fwd_ratio_vs_jaxopt",
+            )
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Relative residual reached (max over the batch): "
+        + "; ".join(
+            f"{r['problem']}: "
+            + ", ".join(f"{k[7:]} {r[k]:.1e}" for k in r if k.startswith("relres_"))
+            for r in rows
+        ),
+        "",
+        "## Backward (ms, after the Anderson forward) and gradient alignment with IFT",
+        "",
+        "| problem | one VJP of f | JFB | JFB / VJP | IFT (Anderson) | IFT (GMRES) | Neumann(5) "
+        "| Unrolled | jaxopt implicit | IFT / jaxopt | cos(JFB, IFT) | cos(Neumann5, IFT) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [r["problem"]] + [
+            fmt(r.get(k, float("nan")))
+            for k in (
+                "vjp_ms",
+                "bwd_ms_jfb",
+                "jfb_bwd_over_vjp",
+                "bwd_ms_ift",
+                "bwd_ms_ift_gmres",
+                "bwd_ms_neumann5",
+                "bwd_ms_unrolled",
+                "bwd_ms_jaxopt_anderson",
+                "ift_bwd_ratio_vs_jaxopt",
+                "cos_to_ift_jfb",
+                "cos_to_ift_neumann5",
+            )
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--max_iter", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no_jaxopt", action="store_true", help="skip the jaxopt peers")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(argv)
+
+    with_jaxopt = not args.no_jaxopt
+    if with_jaxopt:
+        try:
+            import jaxopt  # noqa: F401
+        except ImportError:
+            print("jaxopt not installed (pip install -e '.[peers]'): skipping the peers")
+            with_jaxopt = False
+
+    key = jax.random.PRNGKey(0)
+    if args.quick:
+        cases = [
+            ("dense-32 x8", dense_problem(32, 8, key)),
+            ("conv-16 x2", conv_problem(16, 2, key)),
+        ]
+        repeat = 2
+    else:
+        cases = [(f"dense-{w} x64", dense_problem(w, 64, key)) for w in (256, 1024, 4096)] + [
+            ("conv-64 x8", conv_problem(64, 8, key))
+        ]
+        repeat = args.repeat
+    rows = []
+    for name, (f, params, x, z0) in cases:
+        print(f"running {name} ...", flush=True)
+        rows.append(run_case(name, f, params, x, z0, args.tol, args.max_iter, repeat, with_jaxopt))
+    machine = machine_name()
+    meta = {
+        "machine": machine,
+        "device": f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores)",
+        "jax": jax.__version__,
+        "tol": args.tol,
+        "max_iter": args.max_iter,
+        "repeat": repeat,
+        "command": "python -m benchmarks.solvers" + (" --quick" if args.quick else ""),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"solvers_{machine}" + ("_quick" if args.quick else "")
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    md = to_markdown(rows, meta)
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+    print(f"wrote {out / stem}.md and .json")
+
+
+if __name__ == "__main__":
+    main()

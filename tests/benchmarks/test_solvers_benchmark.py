@@ -1,0 +1,20 @@
+"""The solver benchmark runs end to end on tiny sizes and writes its tables."""
+
+import json
+
+from benchmarks import solvers
+
+
+def test_quick_benchmark_writes_tables(tmp_path):
+    solvers.main(["--quick", "--no_jaxopt", "--repeat", "1", "--out", str(tmp_path)])
+    (md,) = tmp_path.glob("solvers_*_quick.md")
+    (js,) = tmp_path.glob("solvers_*_quick.json")
+    rows = json.loads(js.read_text())["rows"]
+    assert [r["problem"] for r in rows] == ["dense-32 x8", "conv-16 x2"]
+    for r in rows:
+        assert r["iters_anderson"] > 0 and r["fwd_ms_anderson"] > 0
+        assert r["relres_anderson"] <= 1e-4 and r["relres_picard"] <= 1e-4
+        # the implicit modes agree with IFT; JFB is a descent direction
+        assert r["cos_to_ift_ift_gmres"] > 0.999 and r["cos_to_ift_unrolled"] > 0.999
+        assert r["cos_to_ift_jfb"] > 0
+    assert "| dense-32 x8 |" in md.read_text()
