@@ -1,0 +1,1 @@
+"""Command-line experiments (``python -m experiments.deblur_celeba``) and their configs."""

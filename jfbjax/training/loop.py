@@ -1,0 +1,494 @@
+"""``train_and_evaluate``: the deblurring experiment from data to results.json.
+
+Outputs in ``workdir``:
+
+* ``config.json``: the configuration of the run;
+* ``metrics.jsonl``: one JSON object per line: training windows (``train/*``,
+  averaged over the last ``log_every`` steps) and evaluations (``val/*``,
+  ``test/*``), each with its ``step`` (number of updates done);
+* ``checkpoints/latest``, ``checkpoints/best``: Orbax checkpoints;
+* ``results.json``: the configuration, PSNR/SSIM in both conventions of the
+  blurred input, of ``A^T d`` (the solver's start point), of a Wiener filter
+  tuned on the validation images and of the trained model, the model's solver
+  statistics, timings and the devices;
+* ``training_curves.png`` and ``restorations.png``.
+
+PSNR conventions: ``standard`` uses the data range of the [-1, 1] images
+(peak-to-peak 2); ``paper`` is ``-10 log10(MSE)`` as in arXiv 2402.02065,
+6.02 dB lower. Both are always reported and always labelled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jfbjax.data import load_data
+from jfbjax.imaging.baselines import tune_weight, wiener
+from jfbjax.imaging.blur import Blur
+from jfbjax.imaging.metrics import psnr
+from jfbjax.imaging.noise import degrade
+from jfbjax.models import build_model
+from jfbjax.training.checkpoints import BEST_METRIC, Checkpoints
+from jfbjax.training.evaluation import score, score_model
+from jfbjax.training.figures import plot_restorations, plot_training_curves
+from jfbjax.training.parallel import DataParallel
+from jfbjax.training.steps import make_eval_step, make_train_step
+from jfbjax.training.train_state import create_train_state, make_optimizer, make_schedule
+
+__all__ = ["NonFiniteLossError", "ResultsExistError", "train_and_evaluate"]
+
+BatchHook = Callable[[int, np.ndarray], np.ndarray]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a non-finite loss or gradient; the run was stopped.
+
+    Attributes: ``step`` (0-based index of the failed update), ``loss``,
+    ``grad_norm``, ``checkpoint_step`` (the last good checkpoint, or None) and
+    ``checkpoint_dir``.
+    """
+
+    def __init__(self, step, loss, grad_norm, checkpoint_step, checkpoint_dir):
+        self.step, self.loss, self.grad_norm = step, loss, grad_norm
+        self.checkpoint_step, self.checkpoint_dir = checkpoint_step, checkpoint_dir
+        if checkpoint_step is None:
+            where = "no checkpoint had been saved yet"
+        else:
+            where = (
+                f"the last good checkpoint (after {checkpoint_step} updates) is intact in "
+                f"{checkpoint_dir}; rerun with --resume to continue from it once the cause is fixed"
+            )
+        super().__init__(
+            f"non-finite training loss at step {step} (loss {loss}, gradient norm {grad_norm}): "
+            f"the update was not applied and training stopped; {where}. Typical causes: a "
+            f"learning rate too high for this model (optim.lr), no gradient clipping "
+            f"(optim.grad_clip), a step size eta that makes the fixed-point map expansive "
+            f"(model.eta_init, solver.max_iter), or NaN in the data."
+        )
+
+
+class ResultsExistError(FileExistsError):
+    """The output folder already holds a run and ``resume`` was not asked for."""
+
+
+# --------------------------------------------------------------------------
+# Small helpers.
+
+
+def _jsonable(x):
+    """Converts numpy / jax scalars and arrays, tuples and non-finite floats for JSON."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray | jax.Array):
+        return _jsonable(np.asarray(x).tolist())
+    if isinstance(x, np.generic):
+        return _jsonable(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _config_dict(config: ml_collections.ConfigDict) -> dict:
+    return _jsonable(json.loads(config.to_json_best_effort()))
+
+
+def _diff(a, b, prefix="") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+    for name in ("steps", "batch_size", "eval_batch_size", "log_every", "eval_every"):
+        if int(config[name]) < 1:
+            raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
+    if int(config.checkpoint_every) < 1:
+        raise ValueError(f"config.checkpoint_every must be >= 1, got {config.checkpoint_every}")
+    if not float(config.noise_std) >= 0:
+        raise ValueError(f"config.noise_std must be >= 0, got {config.noise_std}")
+    if int(config.seed) < 0:
+        raise ValueError(f"config.seed must be >= 0, got {config.seed}")
+
+
+def device_info(dp: DataParallel) -> dict:
+    devices = list(dp.mesh.devices.flat)
+    return {
+        "platform": devices[0].platform,
+        "device_kind": devices[0].device_kind,
+        "num_devices": len(devices),
+        "process_count": jax.process_count(),
+        "jax_version": jax.__version__,
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+class _MetricsLog:
+    """Appends JSON records to ``metrics.jsonl`` (one per line, flushed each time)."""
+
+    def __init__(self, path: str, keep_until: int | None):
+        self.path = path
+        if keep_until is None:
+            open(path, "w").close()
+        else:  # resuming: drop records past the checkpoint, they will be redone
+            kept = [r for r in self.read() if r["step"] <= keep_until]
+            with open(path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(_jsonable(record)) + "\n")
+
+    def read(self) -> list[dict]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+
+def _say(message: str) -> None:
+    tqdm.write(message)
+
+
+def _fmt(m: dict) -> str:
+    return (
+        f"PSNR {m['psnr_standard']:.2f} dB (standard) / {m['psnr_paper']:.2f} dB (paper), "
+        f"SSIM {m['ssim_standard']:.4f} (standard) / {m['ssim_paper']:.4f} (paper)"
+    )
+
+
+# --------------------------------------------------------------------------
+# The experiment.
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    batch_hook: BatchHook | None = None,
+    progress: bool = True,
+    devices: list | None = None,
+) -> dict:
+    """Trains the configured model on the configured data and evaluates it.
+
+    Args:
+      config: a config from ``experiments.configs.get_config`` (see its fields).
+      workdir: output folder (created). Without ``resume`` it must not hold a
+        previous run.
+      resume: continue from ``workdir/checkpoints/latest``: same parameters,
+        optimiser state, step, data order (``train_batch(step, ...)``) and
+        noise (``fold_in(key, step)``), so the result equals an uninterrupted
+        run.
+      batch_hook: ``hook(step, batch) -> batch`` applied to every clean
+        training batch before it is sharded (for tests and data debugging).
+      progress: show a tqdm progress bar.
+      devices: devices to train on (default: all of ``jax.devices()``).
+
+    Returns:
+      The results dict that is also written to ``workdir/results.json``.
+
+    Raises:
+      NonFiniteLossError: a training step produced a non-finite loss or
+        gradient (the last good checkpoint is kept).
+      ResultsExistError: ``workdir`` holds a run and ``resume`` is False.
+      FileNotFoundError: ``resume`` with no checkpoint in ``workdir``, or data
+        asked for explicitly that cannot be found.
+      ValueError: an invalid configuration (e.g. a batch size that the devices
+        do not divide).
+    """
+    t_begin = time.perf_counter()
+    config = config.copy_and_resolve_references()
+    _validate(config)
+    dp = DataParallel.create(devices)
+    dp.check_batch_size(int(config.batch_size), "batch_size")
+    dp.check_batch_size(int(config.eval_batch_size), "eval_batch_size")
+
+    workdir = os.path.abspath(os.fspath(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    config_path = os.path.join(workdir, "config.json")
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    has_run = os.path.exists(metrics_path) or os.path.isdir(ckpt_dir)
+    if has_run and not resume:
+        raise ResultsExistError(
+            f"{workdir} already holds a run (metrics.jsonl / checkpoints); pass --resume to "
+            f"continue it or choose a fresh --out folder"
+        )
+    if resume and not os.path.isdir(os.path.join(ckpt_dir, "latest")):
+        raise FileNotFoundError(
+            f"--resume: no checkpoint to resume from in {ckpt_dir}; start the run without --resume"
+        )
+    config_json = _config_dict(config)
+    if resume and os.path.exists(config_path):
+        with open(config_path) as f:
+            changed = _diff(json.load(f), config_json)
+        if changed:
+            _say(
+                "resume: the configuration differs from the checkpointed run's; the result "
+                "will not match an uninterrupted run: " + "; ".join(changed)
+            )
+    with open(config_path, "w") as f:
+        json.dump(config_json, f, indent=2)
+
+    # ---- data, degradation with a fixed evaluation noise draw -----------------
+    data = load_data(
+        config.data.source,
+        int(config.data.image_size),
+        data_dir=config.data.data_dir,
+        n_train=config.data.n_train,
+        n_val=config.data.n_val,
+        n_test=config.data.n_test,
+        seed=int(config.seed),
+    )
+    _say(f"data: {data.description}")
+    if data.skipped:
+        _say(f"data: {data.skipped} unreadable image files were skipped")
+    blur = Blur(
+        kernel_size=int(config.blur.kernel_size),
+        sigma=float(config.blur.sigma),
+        boundary=config.blur.boundary,
+    )
+    noise_std = float(config.noise_std)
+    train_key, val_key, test_key = jax.random.split(jax.random.PRNGKey(int(config.seed)), 3)
+    x_val, x_test = data.val, data.test
+    d_val = np.asarray(degrade(val_key, jnp.asarray(x_val), blur, noise_std))
+    d_test = np.asarray(degrade(test_key, jnp.asarray(x_test), blur, noise_std))
+
+    # ---- baselines on the same degraded test images ---------------------------
+    t0 = time.perf_counter()
+    blurred = score(x_test, d_test)
+    x_adjoint = np.asarray(blur.adjoint(jnp.asarray(d_test)))
+    adjoint = score(x_test, x_adjoint)
+    grid = tuple(float(w) for w in config.wiener.weights)
+    weight, table = tune_weight("wiener", jnp.asarray(d_val), jnp.asarray(x_val), blur, grid)
+    weight = float(weight)
+    x_wiener = np.asarray(wiener(jnp.asarray(d_test), blur, weight))
+    wiener_metrics = score(x_test, x_wiener)
+    wiener_metrics["weight"] = weight
+    wiener_metrics["tuning"] = _jsonable(table)
+    _say(f"test, blurred input d:  {_fmt(blurred)}")
+    _say(f"test, A^T d:            {_fmt(adjoint)}")
+    _say(f"test, Wiener (w={weight:.3g}): {_fmt(wiener_metrics)}")
+    baseline_s = time.perf_counter() - t0
+
+    # ---- model, optimiser, state ----------------------------------------------
+    steps = int(config.steps)
+    model = build_model(config, blur, nnx.Rngs(int(config.seed)))
+    schedule = make_schedule(config.optim, steps)
+    tx = make_optimizer(config.optim, steps)
+    graphdef, state = create_train_state(model, tx, train_key)
+    del model
+    num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
+    state = dp.replicate(state)
+    ckpts = Checkpoints(ckpt_dir)
+    start = 0
+    if resume:
+        restored = ckpts.restore_latest(state)
+        if restored is None:
+            raise FileNotFoundError(f"--resume: no checkpoint found in {ckpt_dir}/latest")
+        state, start = restored, int(restored.step)
+        _say(f"resume: continuing from the checkpoint after {start} updates")
+    _say(
+        f"model: {config.model.kind}, DnCNN {config.model.depth}x{config.model.features}, "
+        f"{num_params:,} parameters; solver {config.solver.name}, backward "
+        f"{config.backward.name}; devices: {dp.describe()}"
+    )
+    log = _MetricsLog(metrics_path, keep_until=start if resume else None)
+    train_step = make_train_step(graphdef, tx, blur, noise_std, dp, schedule)
+    eval_step = make_eval_step(graphdef, dp)
+    eval_bs = int(config.eval_batch_size)
+
+    def evaluate_now(state) -> tuple[dict, dict, np.ndarray]:
+        val, _ = score_model(eval_step, state.params, state.rest, d_val, x_val, eval_bs, dp)
+        test, x_hat = score_model(eval_step, state.params, state.rest, d_test, x_test, eval_bs, dp)
+        return val, test, x_hat
+
+    def record_eval(step: int, val: dict, test: dict) -> dict:
+        record = {"step": step}
+        record.update({f"val/{k}": v for k, v in val.items()})
+        record.update({f"test/{k}": v for k, v in test.items()})
+        log.write(record)
+        return record
+
+    # ---- training --------------------------------------------------------------
+    step_times: list[float] = []
+    compile_s = None
+    eval_s = 0.0
+    window: list[dict] = []
+    bar = tqdm(
+        total=steps,
+        initial=start,
+        desc="train",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
+    try:
+        for step in range(start, steps):
+            batch = data.train_batch(step, int(config.batch_size), int(config.seed))
+            if batch_hook is not None:
+                batch = batch_hook(step, batch)
+            t0 = time.perf_counter()
+            state, metrics = train_step(state, dp.shard_batch(batch))
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            dt = time.perf_counter() - t0
+            if compile_s is None:
+                compile_s = dt
+            else:
+                step_times.append(dt)
+            if metrics["finite"] < 1:
+                raise NonFiniteLossError(
+                    step, metrics["loss"], metrics["grad_norm"], ckpts.latest_step(), ckpt_dir
+                )
+            window.append(metrics)
+            bar.update(1)
+            bar.set_postfix_str(
+                f"loss {metrics['loss']:.2e}  PSNR {metrics['psnr']:.2f} dB (standard)  "
+                f"iters {metrics['iterations']:.1f}",
+                refresh=False,
+            )
+            done = step + 1
+            if done % int(config.log_every) == 0 or done == steps:
+                record = {"step": done}
+                for k in window[0]:
+                    agg = np.max if k == "max_iterations" else np.mean
+                    record[f"train/{k}"] = float(agg([m[k] for m in window]))
+                record["train/ms_per_step"] = 1e3 * float(np.mean(step_times[-len(window) :]))
+                log.write(record)
+                window = []
+            if done % int(config.checkpoint_every) == 0 and done < steps:
+                ckpts.save_latest(state)
+            if done % int(config.eval_every) == 0 and done < steps:
+                t0 = time.perf_counter()
+                val, test, _ = evaluate_now(state)
+                record_eval(done, val, test)
+                ckpts.save_best(state, {BEST_METRIC: val["psnr_standard"]})
+                eval_s += time.perf_counter() - t0
+                _say(
+                    f"step {done}: val PSNR {val['psnr_standard']:.2f} dB (standard); "
+                    f"test {_fmt(test)}; mean iterations {test['mean_iterations']:.1f}, "
+                    f"converged {100 * test['fraction_converged']:.0f}%"
+                )
+        bar.close()
+
+        # ---- final evaluation and outputs -------------------------------------
+        ckpts.save_latest(state)
+        val, test, x_model = evaluate_now(state)
+        record_eval(steps, val, test)
+        ckpts.save_best(state, {BEST_METRIC: val["psnr_standard"]})
+        best_step = ckpts.best_step()
+    finally:
+        bar.close()
+        ckpts.close()
+
+    if train_step.traces > 1:
+        _say(f"warning: the training step was traced {train_step.traces} times (expected 1)")
+
+    # Figures.
+    records = log.read()
+    curves_path = os.path.join(workdir, "training_curves.png")
+    plot_training_curves(
+        records,
+        curves_path,
+        baselines={
+            "blurred input d": blurred["psnr_standard"],
+            f"Wiener (w={weight:.3g})": wiener_metrics["psnr_standard"],
+        },
+    )
+    k = min(int(config.num_figure_images), len(x_test))
+    idx = np.unique(np.linspace(0, len(x_test) - 1, k).round().astype(int))
+    columns = {
+        "clean": x_test[idx],
+        "blurred d": d_test[idx],
+        "Wiener": x_wiener[idx],
+        f"DE-GRAD+{config.backward.name.upper()}": x_model[idx],
+    }
+    per_image = {
+        name: np.asarray(psnr(jnp.asarray(v), jnp.asarray(x_test[idx]), convention="standard"))
+        for name, v in columns.items()
+        if name != "clean"
+    }
+    grid_path = os.path.join(workdir, "restorations.png")
+    plot_restorations(columns, grid_path, per_image)
+
+    total_s = time.perf_counter() - t_begin
+    ms_per_step = 1e3 * float(np.mean(step_times)) if step_times else None
+    results = {
+        "config": config_json,
+        "psnr_conventions": {
+            "standard": "10 log10(2^2 / MSE) on [-1, 1] images (data range 2); SSIM with "
+            "data range 2",
+            "paper": "-10 log10(MSE) on [-1, 1] images (peak 1; arXiv 2402.02065), 6.02 dB "
+            "below standard; SSIM as in the paper's code",
+        },
+        "data": {
+            "name": data.name,
+            "description": data.description,
+            "image_size": data.image_size,
+            "n_val": len(x_val),
+            "n_test": len(x_test),
+            "skipped": data.skipped,
+        },
+        "test": {
+            "blurred": blurred,
+            "adjoint": adjoint,
+            "wiener": wiener_metrics,
+            "model": test,
+        },
+        "val": {"model": val},
+        "model": {
+            "name": f"DE-GRAD+{config.backward.name.upper()}"
+            if config.model.kind == "degrad"
+            else config.model.kind,
+            "num_params": num_params,
+            "best_step": best_step,
+        },
+        "mean_forward_iterations": test["mean_iterations"],
+        "fraction_converged": test["fraction_converged"],
+        "timing": {
+            "steps_run": steps - start,
+            "ms_per_step": ms_per_step,
+            "first_step_s": compile_s,
+            "eval_s": eval_s,
+            "baselines_s": baseline_s,
+            "total_s": total_s,
+            "train_step_traces": train_step.traces,
+        },
+        "ms_per_step": ms_per_step,
+        "total_time_s": total_s,
+        "resumed_from_step": start if resume else None,
+        "device": device_info(dp),
+        "outputs": {
+            "workdir": workdir,
+            "metrics": metrics_path,
+            "checkpoints": ckpt_dir,
+            "training_curves": curves_path,
+            "restorations": grid_path,
+        },
+    }
+    results = _jsonable(results)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results
