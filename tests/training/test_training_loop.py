@@ -1,0 +1,111 @@
+"""train_and_evaluate: outputs, resume equivalence, non-finite stop."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments.configs import get_config
+from jfbjax.training import NonFiniteLossError, ResultsExistError, train_and_evaluate
+
+
+def _config(steps=8):
+    config = get_config("smoke")
+    config.steps = steps
+    config.optim.warmup = 1
+    config.log_every = 2
+    config.eval_every = 100  # only the final evaluation
+    config.checkpoint_every = 3
+    return config
+
+
+def _checkpoint(workdir, kind="latest"):
+    """(step, state dict) of the only checkpoint in ``workdir/checkpoints/<kind>``."""
+    root = os.path.join(workdir, "checkpoints", kind)
+    steps = sorted(int(p) for p in os.listdir(root) if p.isdigit())
+    assert len(steps) == 1, steps
+    state = ocp.StandardCheckpointer().restore(os.path.join(root, str(steps[0]), "default"))
+    return steps[0], state
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def _crash_at(step_to_crash):
+    def hook(step, batch):
+        if step == step_to_crash:
+            raise _Crash(f"simulated crash before step {step}")
+        return batch
+
+    return hook
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
+    config = _config(steps=8)
+    straight = train_and_evaluate(config, tmp_path / "straight", progress=False)
+
+    crashed = tmp_path / "crashed"
+    with pytest.raises(_Crash):
+        train_and_evaluate(config, crashed, batch_hook=_crash_at(7), progress=False)
+    step, _ = _checkpoint(crashed)
+    assert step == 6  # checkpoints after 3 and 6 updates; only the newest is kept
+    with pytest.raises(ResultsExistError, match="--resume"):
+        train_and_evaluate(config, crashed, progress=False)
+    resumed = train_and_evaluate(config, crashed, resume=True, progress=False)
+    assert resumed["resumed_from_step"] == 6
+    assert resumed["timing"]["steps_run"] == 2
+
+    s_step, s_state = _checkpoint(tmp_path / "straight")
+    r_step, r_state = _checkpoint(crashed)
+    assert s_step == r_step == 8
+    for part in ("params", "opt_state", "key", "step"):
+        jax.tree.map(np.testing.assert_array_equal, r_state[part], s_state[part])
+    assert resumed["test"]["model"]["psnr_standard"] == pytest.approx(
+        straight["test"]["model"]["psnr_standard"], abs=1e-6
+    )
+
+    # The training log of the resumed run has each step once, as the straight run's.
+    def train_steps(workdir):
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            return [r["step"] for r in map(json.loads, f) if "train/loss" in r]
+
+    assert train_steps(crashed) == train_steps(tmp_path / "straight") == [2, 4, 6, 8]
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_and_evaluate(_config(), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    def poison(step, batch):
+        if step == 4:
+            batch = batch.copy()
+            batch[1, 2, 2, 1] = np.nan
+        return batch
+
+    with pytest.raises(NonFiniteLossError, match="step 4") as err:
+        train_and_evaluate(_config(steps=8), tmp_path, batch_hook=poison, progress=False)
+    assert err.value.step == 4 and err.value.checkpoint_step == 3
+    assert "after 3 updates" in str(err.value) and "--resume" in str(err.value)
+    step, state = _checkpoint(tmp_path)
+    assert step == 3
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
+    assert not os.path.exists(tmp_path / "results.json")
+
+
+def test_absurd_learning_rate_is_caught_not_saved(tmp_path):
+    config = _config(steps=6)
+    config.optim.lr = 1e30
+    config.optim.grad_clip = 0.0
+    config.optim.warmup = 0
+    config.optim.schedule = "constant"
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss at step"):
+        train_and_evaluate(config, tmp_path, progress=False)
+    assert not os.path.exists(tmp_path / "results.json")
