@@ -56,14 +56,18 @@ def timed(fn, *args, repeat: int) -> float:
 # ---------------------------------------------------------------- problems
 
 
-def dense_problem(width: int, batch: int, key):
+def dense_problem(width: int, batch: int, key, slow: bool = False):
     kw, ku, kx, kb = jax.random.split(key, 4)
     w = jax.random.normal(kw, (width, width)) / np.sqrt(width)
-    w = 0.9 * w / jnp.linalg.norm(w, 2)
-    params = {
+    if slow:  # symmetric, eigenvalues spread over [0, 0.97]: Picard needs ~300 steps
+        q, _ = jnp.linalg.qr(w)
+        w = q @ jnp.diag(jnp.linspace(0.0, 0.97, width)) @ q.T
+    else:
+        w = 0.9 * w / jnp.linalg.norm(w, 2)
+    params = {  # small inputs keep tanh near its linear range: contraction close to 0.9
         "w": w,
-        "u": jax.random.normal(ku, (width, 16)) / 4.0,
-        "b": 0.1 * jax.random.normal(kb, (width,)),
+        "u": 0.05 * jax.random.normal(ku, (width, 16)) / 4.0,
+        "b": 0.01 * jax.random.normal(kb, (width,)),
     }
     x = jax.random.normal(kx, (batch, 16))
 
@@ -82,9 +86,11 @@ def _conv(x, k):
 def conv_problem(size: int, batch: int, key, channels: int = 8):
     kk, kv, kx = jax.random.split(key, 3)
     k = jax.random.normal(kk, (3, 3, channels, channels))
-    params = {
-        "k": 0.9 * k / jnp.linalg.norm(k),  # ||conv|| <= ||K||_F: a 0.9-contraction
-        "v": jax.random.normal(kv, (3, 3, 3, channels)) / 6.0,
+    probe = jnp.ones((size, size, channels))
+    k = k / jfbjax.contraction_estimate(lambda z, k: _conv(z, k), probe, k, iters=50)
+    params = {  # spectral norm of the linear part 0.9, small inputs: a slow contraction
+        "k": 0.9 * k,
+        "v": 0.02 * jax.random.normal(kv, (3, 3, 3, channels)),
     }
     x = jax.random.normal(kx, (batch, size, size, 3))
 
@@ -165,9 +171,16 @@ def run_case(name, f, params, x, z0, tol, max_iter, repeat, with_jaxopt):
         "neumann5": jfbjax.Neumann(5),
         "unrolled": jfbjax.Unrolled(),
     }
+    # Unrolled scans a fixed number of steps: give it exactly the steps the forward needed
+    _, info = jax.jit(forwards["anderson"])(params, x, z0)
+    unroll_steps = int(jnp.max(info.iterations)) + 1
+    row["unrolled_steps"] = unroll_steps
     grads = {}
     for key, mode in backwards.items():
-        solve = jfbjax_solve(f, anderson, mode)
+        solver = anderson
+        if key == "unrolled":
+            solver = jfbjax.Anderson(m=5, tol=tol, max_iter=unroll_steps)
+        solve = jfbjax_solve(f, solver, mode)
         vg = jax.jit(jax.value_and_grad(lambda p, x, z0, solve=solve: loss(solve(p, x, z0)[0])))
         total = timed(vg, params, x, z0, repeat=repeat)
         row[f"step_ms_{key}"] = total
@@ -194,6 +207,7 @@ def run_case(name, f, params, x, z0, tol, max_iter, repeat, with_jaxopt):
 
     row["vjp_ms"] = timed(one_vjp, params, x, z_star, ct, repeat=repeat)
     row["jfb_bwd_over_vjp"] = row["bwd_ms_jfb"] / row["vjp_ms"]
+    row["jfb_step_over_min"] = row["step_ms_jfb"] / (row["fwd_ms_anderson"] + row["vjp_ms"])
     if with_jaxopt:
         row["anderson_fwd_ratio_vs_jaxopt"] = row["fwd_ms_anderson"] / row["fwd_ms_jaxopt_anderson"]
         row["ift_bwd_ratio_vs_jaxopt"] = row["bwd_ms_ift"] / row["bwd_ms_jaxopt_anderson"]
@@ -203,7 +217,7 @@ def run_case(name, f, params, x, z0, tol, max_iter, repeat, with_jaxopt):
 def machine_name() -> str:
     dev = jax.devices()[0]
     if dev.platform == "cpu":
-        return f"cpu{os.cpu_count()}"
+        return "cpu"
     return dev.device_kind.lower().replace(" ", "-")
 
 
@@ -251,9 +265,10 @@ def to_markdown(rows, meta) -> str:
         "",
         "## Backward (ms, after the Anderson forward) and gradient alignment with IFT",
         "",
-        "| problem | one VJP of f | JFB | JFB / VJP | IFT (Anderson) | IFT (GMRES) | Neumann(5) "
-        "| Unrolled | jaxopt implicit | IFT / jaxopt | cos(JFB, IFT) | cos(Neumann5, IFT) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| problem | one VJP of f | JFB | JFB / VJP | JFB step / (fwd + VJP) | IFT (Anderson) "
+        "| IFT (GMRES) | Neumann(5) | Unrolled | unrolled steps | jaxopt implicit | IFT / jaxopt "
+        "| cos(JFB, IFT) | cos(Neumann5, IFT) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [r["problem"]] + [
@@ -262,10 +277,12 @@ def to_markdown(rows, meta) -> str:
                 "vjp_ms",
                 "bwd_ms_jfb",
                 "jfb_bwd_over_vjp",
+                "jfb_step_over_min",
                 "bwd_ms_ift",
                 "bwd_ms_ift_gmres",
                 "bwd_ms_neumann5",
                 "bwd_ms_unrolled",
+                "unrolled_steps",
                 "bwd_ms_jaxopt_anderson",
                 "ift_bwd_ratio_vs_jaxopt",
                 "cos_to_ift_jfb",
@@ -281,7 +298,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     parser.add_argument("--tol", type=float, default=1e-4)
-    parser.add_argument("--max_iter", type=int, default=100)
+    parser.add_argument("--max_iter", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no_jaxopt", action="store_true", help="skip the jaxopt peers")
     parser.add_argument("--out", default="benchmarks/results")
@@ -304,7 +321,8 @@ def main(argv=None):
         repeat = 2
     else:
         cases = [(f"dense-{w} x64", dense_problem(w, 64, key)) for w in (256, 1024, 4096)] + [
-            ("conv-64 x8", conv_problem(64, 8, key))
+            ("dense-1024-slow x64", dense_problem(1024, 64, key, slow=True)),
+            ("conv-64 x8", conv_problem(64, 8, key)),
         ]
         repeat = args.repeat
     rows = []
