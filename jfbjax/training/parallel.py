@@ -4,7 +4,8 @@ A one-dimensional :class:`~jax.sharding.Mesh` over ``jax.devices()`` with the
 axis ``"data"``: batches are split along their leading axis across the
 devices (``P("data")``); parameters, optimiser state and metrics are
 replicated (``P()``). The jitted steps take these shardings as their
-``in_shardings`` / ``out_shardings``; XLA inserts the gradient all-reduce.
+``in_shardings`` / ``out_shardings``; inside, ``jax.shard_map`` runs the
+model on each device's rows and ``lax.pmean`` averages the gradients.
 
 Multi-host: call ``jax.distributed.initialize()`` on every host before
 anything else touches JAX; ``jax.devices()`` then spans all hosts, each host
@@ -31,6 +32,9 @@ class DataParallel:
     """A data-parallel layout over ``devices`` (default: all of ``jax.devices()``)."""
 
     mesh: Mesh
+
+    #: Name of the mesh axis that batches are split along.
+    AXIS = "data"
 
     @classmethod
     def create(cls, devices: Sequence[jax.Device] | None = None) -> DataParallel:

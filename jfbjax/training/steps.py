@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 import jfbjax
 from jfbjax.imaging.noise import degrade
@@ -92,30 +93,64 @@ def make_train_step(
 
     ``clean_batch`` is a (B, H, W, C) batch of clean images sharded with
     ``dp.batch``; the noise of the step is drawn from
-    ``jax.random.fold_in(state.key, state.step)``. ``state`` is donated.
+    ``jax.random.fold_in(state.key, state.step)`` on the global batch, so it
+    does not depend on the number of devices. ``state`` is donated.
+
+    Data parallelism: each device runs the model and its backward pass on its
+    own rows (``jax.shard_map``), the gradients are averaged with
+    ``lax.pmean``, and every device applies the same optimiser update.
+    (Letting XLA partition the vmapped, custom-VJP solve itself is not safe:
+    with jax 0.10 / XLA CPU the per-sample weight gradient of a convolution
+    under a batch-sharded ``vmap`` of a ``custom_vjp`` comes out wrong;
+    see ``tests/training/test_data_parallel.py``.)
+
     Metrics (replicated scalars): ``loss`` (MSE), ``psnr`` (standard
     convention, of the batch), ``iterations`` (mean forward solver
     iterations), ``max_iterations``, ``converged`` (fraction of solves that
     reached the tolerance), ``grad_norm`` (before clipping), ``lr`` (when a
     schedule is given) and ``finite`` (1 when the update was applied).
     """
+    axis = DataParallel.AXIS
+
+    def local_grads(params, rest, clean, d):
+        """Loss, gradients and statistics of this device's rows, averaged over devices."""
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, rest)
+            x_hat, info = model(d)
+            _, _, new_rest = nnx.split(model, nnx.Param, ...)
+            return mse_loss(x_hat, clean), (x_hat, info, new_rest)
+
+        (loss, (x_hat, info, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        stats = _solver_metrics(info)
+        metrics = {
+            "loss": loss,
+            "psnr": batch_psnr(x_hat, clean),
+            "iterations": stats["iterations"],
+            "converged": stats["converged"],
+        }
+        # Equal shares per device: the mean of the local means is the global mean.
+        grads, metrics = jax.lax.pmean((grads, metrics), axis)
+        metrics["max_iterations"] = jax.lax.pmax(stats["max_iterations"], axis)
+        return grads, new_rest, metrics
+
+    sharded_grads = jax.shard_map(
+        local_grads,
+        mesh=dp.mesh,
+        in_specs=(P(), P(), P(axis), P(axis)),
+        out_specs=P(),
+        check_vma=False,
+    )
 
     def train_step(state: TrainState, clean: jax.Array):
         key = jax.random.fold_in(state.key, state.step)
         d = degrade(key, clean, blur, noise_std)
-
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.rest)
-            x_hat, info = model(d)
-            _, _, rest = nnx.split(model, nnx.Param, ...)
-            return mse_loss(x_hat, clean), (x_hat, info, rest)
-
-        (loss, (x_hat, info, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.global_norm(grads)
+        grads, rest, metrics = sharded_grads(state.params, state.rest, clean, d)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         new_state = TrainState(
             step=state.step + finite.astype(state.step.dtype),
@@ -124,13 +159,7 @@ def make_train_step(
             opt_state=keep(opt_state, state.opt_state),
             key=state.key,
         )
-        metrics = {
-            "loss": loss,
-            "psnr": batch_psnr(x_hat, clean),
-            "grad_norm": grad_norm,
-            "finite": finite.astype(jnp.float32),
-            **_solver_metrics(info),
-        }
+        metrics = {**metrics, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
         if schedule is not None:
             metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
         return new_state, metrics
@@ -144,12 +173,19 @@ def make_train_step(
 
 
 def make_eval_step(graphdef: nnx.GraphDef, dp: DataParallel) -> CountingJit:
-    """The jitted ``eval_step(params, rest, d) -> (x_hat, info)`` on a sharded batch ``d``."""
+    """The jitted ``eval_step(params, rest, d) -> (x_hat, info)`` on a sharded batch ``d``.
 
-    def eval_step(params, rest, d: jax.Array):
+    Each device solves for its own rows (``jax.shard_map``); outputs stay sharded.
+    """
+    axis = DataParallel.AXIS
+
+    def local(params, rest, d):
         model = nnx.merge(graphdef, params, rest)
         return model(d)
 
+    eval_step = jax.shard_map(
+        local, mesh=dp.mesh, in_specs=(P(), P(), P(axis)), out_specs=P(axis), check_vma=False
+    )
     return CountingJit(
         eval_step,
         in_shardings=(dp.replicated, dp.replicated, dp.batch),
