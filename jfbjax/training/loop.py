@@ -145,10 +145,16 @@ def device_info(dp: DataParallel) -> dict:
 
 
 class _MetricsLog:
-    """Appends JSON records to ``metrics.jsonl`` (one per line, flushed each time)."""
+    """Appends JSON records to ``metrics.jsonl`` (one per line, flushed each time).
+
+    Only the main process (``jax.process_index() == 0``) writes.
+    """
 
     def __init__(self, path: str, keep_until: int | None):
         self.path = path
+        self.active = jax.process_index() == 0
+        if not self.active:
+            return
         if keep_until is None:
             open(path, "w").close()
         else:  # resuming: drop records past the checkpoint, they will be redone
@@ -157,6 +163,8 @@ class _MetricsLog:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
 
     def write(self, record: dict) -> None:
+        if not self.active:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(_jsonable(record)) + "\n")
 
@@ -249,8 +257,10 @@ def train_and_evaluate(
                 "resume: the configuration differs from the checkpointed run's; the result "
                 "will not match an uninterrupted run: " + "; ".join(changed)
             )
-    with open(config_path, "w") as f:
-        json.dump(config_json, f, indent=2)
+    main_process = jax.process_index() == 0  # the one that writes logs, figures, results
+    if main_process:
+        with open(config_path, "w") as f:
+            json.dump(config_json, f, indent=2)
 
     # ---- data, degradation with a fixed evaluation noise draw -----------------
     data = load_data(
@@ -405,6 +415,10 @@ def train_and_evaluate(
 
     if train_step.traces > 1:
         _say(f"warning: the training step was traced {train_step.traces} times (expected 1)")
+
+    total_s = time.perf_counter() - t_begin
+    if not main_process:
+        return {"test": {"model": test}, "total_time_s": total_s}
 
     # Figures.
     records = log.read()
