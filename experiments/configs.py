@@ -34,8 +34,8 @@ warm-up steps), ``grad_clip`` (global norm; 0 disables), ``weight_decay``
 ``log_every`` (steps between ``metrics.jsonl`` records), ``eval_every``
 (steps between validation/test evaluations), ``checkpoint_every`` (steps
 between "latest" checkpoints), ``eval_batch_size``, ``num_figure_images``,
-``wiener.weights`` (grid over which the Wiener weight is tuned on the
-validation images).
+``wiener.weights`` (grid over which the weights of the Wiener (FFT) and
+Tikhonov (CG) baselines are tuned on the validation images).
 """
 
 from __future__ import annotations

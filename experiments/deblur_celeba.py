@@ -146,7 +146,8 @@ def format_table(results: dict) -> str:
     rows = [
         ("blurred input d", test["blurred"]),
         ("A^T d (solver start)", test["adjoint"]),
-        (f"Wiener (weight {test['wiener']['weight']:.3g})", test["wiener"]),
+        (f"Wiener FFT (w={test['wiener']['weight']:.2g})", test["wiener"]),
+        (f"Tikhonov CG (w={test['tikhonov']['weight']:.2g})", test["tikhonov"]),
         (results["model"]["name"], test["model"]),
     ]
 
@@ -159,8 +160,8 @@ def format_table(results: dict) -> str:
     )
     lines = [
         f"test set: {results['data']['n_test']} images ({results['data']['name']}); "
-        "PSNR in dB: standard = data range of the [-1,1] images, paper = -10 log10 MSE "
-        "(arXiv 2402.02065)",
+        "PSNR in dB: standard = 10 log10(1/MSE) on images mapped to [0,1]; "
+        "paper = -10 log10(MSE) on [-1,1] (arXiv 2402.02065), 6.02 dB lower",
         head,
         "-" * len(head),
     ]

@@ -63,10 +63,12 @@ def mse_loss(x_hat: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def batch_psnr(x_hat: jax.Array, x: jax.Array) -> jax.Array:
-    """Mean PSNR of a batch, standard convention: ``10 log10(2^2 / MSE_i)`` on [-1, 1] data.
+    """Mean PSNR of a batch in the standard convention, ``10 log10(2^2 / MSE_i)``.
 
-    The data range of [-1, 1] images is 2 (the paper's convention uses a peak
-    of 1 and reads 6.02 dB lower). Per image, then averaged.
+    With MSE on the [-1, 1] data this equals ``10 log10(1 / MSE)`` on the
+    images mapped to [0, 1], as :func:`jfbjax.imaging.metrics.psnr` with
+    ``convention="standard"`` (the paper's convention reads 6.02 dB lower).
+    Per image, then averaged.
     """
     diff = (x_hat - x).astype(jnp.promote_types(x.dtype, jnp.float32))
     mse = jnp.mean(jnp.square(diff), axis=tuple(range(1, x.ndim)))

@@ -43,12 +43,12 @@ def test_smoke_preset_end_to_end(tmp_path):
 
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
-    for method in ("blurred", "adjoint", "wiener", "model"):
+    for method in ("blurred", "adjoint", "wiener", "tikhonov", "model"):
         assert METRIC_KEYS <= set(results["test"][method]), method
         assert results["test"][method]["psnr_standard"] == pytest.approx(
             results["test"][method]["psnr_paper"] + 20 * math.log10(2), abs=1e-3
         )
-    assert results["test"]["wiener"]["weight"] > 0
+    assert results["test"]["wiener"]["weight"] > 0 and results["test"]["tikhonov"]["weight"] > 0
     assert {"mean_iterations", "fraction_converged"} <= set(results["test"]["model"])
     assert 0.0 <= results["fraction_converged"] <= 1.0
     assert results["mean_forward_iterations"] >= 1
@@ -68,7 +68,14 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert [r["step"] for r in records if "test/psnr_standard" in r] == [10, 20]
 
     # The summary table names both conventions and where the outputs went.
-    for text in ("PSNR standard", "PSNR paper", "SSIM standard", "Wiener", "DE-GRAD+JFB"):
+    for text in (
+        "PSNR standard",
+        "PSNR paper",
+        "SSIM standard",
+        "Wiener FFT",
+        "Tikhonov CG",
+        "DE-GRAD+JFB",
+    ):
         assert text in proc.stdout, text
     assert f"outputs: {os.path.realpath(out)}" in proc.stdout
 

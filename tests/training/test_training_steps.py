@@ -8,10 +8,11 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from jfbjax.imaging.blur import Blur
 
 import jfbjax
 from experiments.configs import get_config
+from jfbjax.imaging.blur import Blur
+from jfbjax.imaging.metrics import psnr
 from jfbjax.models import build_model
 from jfbjax.training import (
     Checkpoints,
@@ -105,6 +106,8 @@ def test_loss_and_psnr():
     assert float(mse_loss(y, x)) == pytest.approx((0.01 + 0.04) / 2)
     expected = np.mean([10 * np.log10(4 / 0.01), 10 * np.log10(4 / 0.04)])
     assert float(batch_psnr(y, x)) == pytest.approx(expected, rel=1e-5)
+    standard = psnr(y, x, convention="standard")  # the metric the evaluation reports
+    assert float(batch_psnr(y, x)) == pytest.approx(float(jnp.mean(standard)), rel=1e-5)
 
 
 def test_create_train_state_checks_the_key(rig):
