@@ -5,12 +5,14 @@
 * ``smoke``: a few seconds of everything end to end (tiny images, a 3-layer
   DnCNN, 20 steps); used by the tests.
 * ``cpu`` (the default of ``python -m experiments.deblur_celeba``): the
-  built-in photos at 32x32, a small DE-GRAD, about 10 minutes on two CPU
-  cores; beats the blurred input and a tuned Wiener filter.
+  built-in photos at 32x32, a 6x32 spectrally normalised DnCNN in DE-GRAD,
+  300 steps of batch 16; about 6 minutes on two CPU cores; beats the
+  blurred input and Wiener / Tikhonov filters tuned on the validation images.
 * ``paper``: the setting of arXiv 2402.02065 and its public code: CelebA at
   128x128, Gaussian blur 5x5 with std 5, noise std 1e-2 on [-1, 1], a 17x64
-  DnCNN, batch 32, Adam at 1e-4, Anderson (m=5, ridge 1e-4, tol 1e-3, 50
-  iterations), 100 epochs of 8000 images. Meant for a GPU.
+  DnCNN with spectral normalisation (as in the paper's code, without its
+  batch norm), batch 32, Adam at 1e-4, Anderson (m=5, ridge 1e-4, tol 1e-3,
+  50 iterations), 100 epochs of 8000 images. Meant for a GPU.
 
 Every field, with its meaning:
 
@@ -142,11 +144,15 @@ def _cpu() -> ml_collections.ConfigDict:
     c.model.depth = 6
     c.model.features = 32
     c.model.eta_init = 1.0
-    c.solver.max_iter = 30
+    # Spectral normalisation and a 50-iteration cap keep the solves converging
+    # (measured: with 30 iterations and no normalisation the share of converged
+    # solves fell to ~20% late in training and the test PSNR dropped by ~0.8 dB).
+    c.model.spectral_norm = True
+    c.solver.max_iter = 50
     c.optim.lr = 1e-3
     c.optim.schedule = "cosine"
     c.optim.warmup = 20
-    c.steps = 400
+    c.steps = 300
     c.batch_size = 16
     c.eval_batch_size = 40
     c.log_every = 10
@@ -163,6 +169,7 @@ def _paper() -> ml_collections.ConfigDict:
     c.data.n_test = 2000
     c.model.depth = 17
     c.model.features = 64
+    c.model.spectral_norm = True  # the paper's code normalises every convolution
     c.optim.lr = 1e-4
     c.optim.schedule = "constant"
     c.batch_size = 32
