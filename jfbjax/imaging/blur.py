@@ -1,56 +1,96 @@
-"""The blur operator A and its exact adjoint A^T.
+r"""The blur operator A, its exact adjoint A^T and the normal operator A^T A.
 
-Images are arrays of layout (..., H, W, C) (channels last, any leading batch
-dimensions). The same normalised Gaussian kernel blurs every channel
-(depthwise). Two boundary models:
+Images are arrays of layout (..., H, W, C): channels last (as Flax uses), any
+number of leading batch dimensions. The same normalised Gaussian kernel ``h``
+(``s x s``) blurs every channel independently (depthwise). With
+``lo = (s - 1) // 2`` the index of the kernel's centre tap, both boundary
+models compute the correlation
 
-* ``"zero"``: zero "same" padding, ``(A x)[i] = sum_k h[k] x[i + k - c]`` with
-  ``x = 0`` outside the image (the paper's operator);
-* ``"circular"``: periodic boundary, ``A = F^-1 diag(K) F`` with ``K`` the FFT
-  of the kernel centred at the origin (diagonalised by the FFT, so Wiener
-  deconvolution is exact for it).
+.. math:: (A x)_{i,j} = \sum_{k,l=0}^{s-1} h_{k,l}\, x_{i+k-lo,\; j+l-lo}
+
+and differ only in what lies outside the image:
+
+* ``"zero"``: ``x = 0`` outside (zero "same" padding, the paper's operator),
+  computed with a depthwise ``lax.conv_general_dilated``; its adjoint is the
+  correlation with the flipped kernel under the mirrored padding.
+* ``"circular"``: ``x`` is periodic, ``A = F^{-1} diag(K) F`` with ``F`` the
+  2-D DFT and ``K`` the transfer function (:meth:`Blur.transfer_function`),
+  computed with ``rfft2``/``irfft2``; ``A^T = F^{-1} diag(conj K) F``.
+
+Both agree away from the border, i.e. on rows ``lo <= i < H - (s - 1 - lo)``
+(and the same for columns), for odd and even kernel sizes; a 1x1 kernel is
+the identity for both.
+
+A kernel with non-negative taps summing to one has ``||A||_2 <= 1`` (Young's
+inequality) for both boundaries, which the classical solvers in
+:mod:`jfbjax.imaging.baselines` use to choose their step sizes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jfbjax.imaging._checks import check_image, compute_dtype, real_float
+
 BOUNDARIES = ("zero", "circular")
 
 
 def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
-    """A ``size x size`` Gaussian kernel ``exp(-(i^2 + j^2) / (2 sigma^2))``
-    on a grid centred at ``(size - 1) / 2``, normalised to sum 1 (float64)."""
-    if not isinstance(size, int | np.integer) or size < 1:
+    r"""A ``size x size`` Gaussian kernel normalised to sum one (float64 NumPy).
+
+    .. math:: h_{k,l} \propto \exp\!\Big(-\frac{(k - c)^2 + (l - c)^2}{2\sigma^2}\Big),
+       \qquad c = \frac{size - 1}{2},
+
+    so it is symmetric under flips for odd and even sizes. ``size = 1`` gives
+    the identity kernel ``[[1.]]`` for any ``sigma``; a very small ``sigma``
+    gives (numerically) a delta at the centre for odd sizes.
+
+    Raises:
+      ValueError: if ``size`` is not an integer >= 1 or ``sigma`` is not a
+        finite number > 0.
+    """
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise ValueError(f"kernel size must be an integer >= 1, got {size!r}")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma!r}")
-    r = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    if (
+        isinstance(sigma, bool)
+        or not isinstance(sigma, numbers.Real)
+        or not math.isfinite(sigma)
+        or not sigma > 0
+    ):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    r = np.arange(int(size), dtype=np.float64) - (int(size) - 1) / 2
     g = np.exp(-(r**2) / (2.0 * float(sigma) ** 2))
+    g = g / g.sum()  # normalise in 1-D first: no underflow to 0/0 for tiny sigma
     k = np.outer(g, g)
     return k / k.sum()
 
 
-def _check_image(x, what: str = "image") -> None:
-    if jnp.ndim(x) < 3:
-        raise ValueError(
-            f"{what} must have layout (..., H, W, C) with at least 3 dimensions, "
-            f"got shape {jnp.shape(x)}"
-        )
-
-
 @dataclasses.dataclass(frozen=True)
 class Blur:
-    """Depthwise Gaussian blur; frozen and hashable, so it can be a static jit argument.
+    """Depthwise Gaussian blur ``A``; frozen and hashable, hence static under ``jit``.
 
-    Args:
-      kernel_size: side of the square kernel (paper: 5).
-      sigma: standard deviation of the Gaussian in pixels (paper: 5, nearly a box).
-      boundary: ``"zero"`` (zero "same" padding, the paper's) or ``"circular"``.
+    Attributes:
+      kernel_size: side ``s`` of the square kernel (paper: 5). Odd and even
+        sizes are supported.
+      sigma: standard deviation of the Gaussian in pixels (paper: 5, which
+        makes a 5x5 kernel close to a box filter).
+      boundary: ``"zero"`` (zero "same" padding, the paper's) or
+        ``"circular"`` (periodic, diagonalised by the FFT).
+
+    ``apply``, ``adjoint`` and ``normal`` are pure and jittable; they accept
+    (..., H, W, C) arrays and return the same shape in the input's floating
+    dtype (integer inputs become float32; float16/bfloat16 are computed in
+    float32 and cast back). Example::
+
+        blur = Blur(kernel_size=5, sigma=5.0)
+        d = jax.jit(blur.apply)(x)               # or jax.jit(f, static_argnums=...)
+        x0 = blur.adjoint(d)
     """
 
     kernel_size: int = 5
@@ -58,78 +98,96 @@ class Blur:
     boundary: str = "zero"
 
     def __post_init__(self):
-        gaussian_kernel(self.kernel_size, self.sigma)  # validates
+        gaussian_kernel(self.kernel_size, self.sigma)  # validates both
         if self.boundary not in BOUNDARIES:
             raise ValueError(f"boundary must be one of {BOUNDARIES}, got {self.boundary!r}")
 
     @property
     def kernel(self) -> np.ndarray:
+        """The ``(s, s)`` kernel ``h`` (float64 NumPy, sums to one)."""
         return gaussian_kernel(self.kernel_size, self.sigma)
 
+    @property
+    def norm_bound(self) -> float:
+        """An upper bound on the spectral norm ``||A||_2``: ``sum |h| = 1``."""
+        return float(np.abs(self.kernel).sum())
+
     # ----------------------------------------------------------- zero padding
-    def _conv(self, x: jax.Array, flip: bool) -> jax.Array:
-        k = self.kernel[::-1, ::-1] if flip else self.kernel
-        size = self.kernel_size
-        # "same" padding: before = (size - 1) // 2, after = size // 2; the
-        # adjoint (correlation with the flipped kernel) mirrors it.
-        lo, hi = (size - 1) // 2, size // 2
-        pad = ((hi, lo), (hi, lo)) if flip else ((lo, hi), (lo, hi))
+    def _conv(self, x: jax.Array, adjoint: bool) -> jax.Array:
+        s = self.kernel_size
+        lo, hi = (s - 1) // 2, s // 2
+        # A: correlation with h, padding (lo before, hi after). A^T: correlation
+        # with the flipped kernel and the mirrored padding (hi before, lo after).
+        k, pad = (self.kernel[::-1, ::-1], (hi, lo)) if adjoint else (self.kernel, (lo, hi))
         lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
-        xb = x.reshape((-1, h, w, c))
-        kernel = jnp.asarray(np.repeat(k[:, :, None, None], c, axis=3), dtype=x.dtype)
+        dtype = compute_dtype(x.dtype)
+        xb = x.reshape((-1, h, w, c)).astype(dtype)
+        # HWIO with I = 1 and O = C, feature_group_count = C: one filter per channel.
+        rhs = jnp.asarray(np.broadcast_to(k[:, :, None, None], (s, s, 1, c)), dtype)
         y = jax.lax.conv_general_dilated(
             xb,
-            kernel,
+            rhs,
             window_strides=(1, 1),
-            padding=pad,
+            padding=(pad, pad),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=c,
             precision=jax.lax.Precision.HIGHEST,
         )
-        return y.reshape((*lead, h, w, c))
+        return y.reshape((*lead, h, w, c)).astype(x.dtype)
 
     # --------------------------------------------------------------- circular
-    def transfer_function(self, h: int, w: int) -> jax.Array:
-        """The 2-D real FFT ``K`` of the kernel centred at pixel (0, 0) for an
-        ``h x w`` image, shape ``(h, w // 2 + 1)``: ``A x = irfft2(K rfft2(x))``
-        for the circular operator."""
-        size = self.kernel_size
-        if size > h or size > w:
-            raise ValueError(f"kernel {size}x{size} larger than the image {h}x{w}")
-        full = np.zeros((h, w))
-        full[:size, :size] = self.kernel
-        full = np.roll(full, (-((size - 1) // 2), -((size - 1) // 2)), axis=(0, 1))
-        return jnp.asarray(np.fft.rfft2(full))
+    def transfer_function(self, h: int, w: int) -> np.ndarray:
+        r"""The transfer function ``K`` of the circular operator on ``h x w`` images.
 
-    def _fft_apply(self, x: jax.Array, adjoint: bool) -> jax.Array:
+        ``K = rfft2(g)`` (shape ``(h, w // 2 + 1)``, complex128 NumPy) where
+        ``g`` is the flipped kernel centred at pixel (0, 0),
+        ``g[(lo - k) mod h, (lo - l) mod w] += h_{k,l}`` (taps wrap around
+        when the kernel is larger than the image), so that
+
+        .. math:: A x = \mathrm{irfft2}(K \cdot \mathrm{rfft2}(x)), \qquad
+                  A^T y = \mathrm{irfft2}(\bar K \cdot \mathrm{rfft2}(y)).
+
+        A 1x1 kernel gives ``K = 1``. For the zero-padded operator ``K`` is the
+        usual FFT approximation (exact away from the border).
+        """
+        if isinstance(h, bool) or isinstance(w, bool) or min(int(h), int(w)) < 1:
+            raise ValueError(f"image size must be positive integers, got {h!r} x {w!r}")
+        s, lo = self.kernel_size, (self.kernel_size - 1) // 2
+        g = np.zeros((int(h), int(w)))
+        rows = (lo - np.arange(s)) % int(h)
+        cols = (lo - np.arange(s)) % int(w)
+        np.add.at(g, (rows[:, None], cols[None, :]), self.kernel)
+        return np.fft.rfft2(g)
+
+    def _fft(self, x: jax.Array, adjoint: bool) -> jax.Array:
         h, w = x.shape[-3], x.shape[-2]
         k = self.transfer_function(h, w)
         if adjoint:
-            k = jnp.conj(k)
-        xf = jnp.fft.rfft2(x, axes=(-3, -2))
-        real = jnp.promote_types(x.dtype, jnp.float32)
-        y = jnp.fft.irfft2(xf * k.astype(xf.dtype)[..., None], s=(h, w), axes=(-3, -2))
-        return y.astype(x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else real)
+            k = np.conj(k)
+        dtype = compute_dtype(x.dtype)
+        xf = jnp.fft.rfft2(x.astype(dtype), axes=(-3, -2))
+        y = jnp.fft.irfft2(xf * jnp.asarray(k[..., None], xf.dtype), s=(h, w), axes=(-3, -2))
+        return y.astype(x.dtype)
 
     # ------------------------------------------------------------ public API
     def apply(self, x: jax.Array) -> jax.Array:
         """``A x`` for ``x`` of layout (..., H, W, C)."""
-        x = jnp.asarray(x)
-        _check_image(x)
+        x = real_float(x)
+        check_image(x, "the input of Blur.apply")
         if self.boundary == "circular":
-            return self._fft_apply(x, adjoint=False)
-        return self._conv(x, flip=False)
+            return self._fft(x, adjoint=False)
+        return self._conv(x, adjoint=False)
 
     def adjoint(self, y: jax.Array) -> jax.Array:
-        """``A^T y``: the exact adjoint, ``<A x, y> = <x, A^T y>``."""
-        y = jnp.asarray(y)
-        _check_image(y)
+        """``A^T y``, the exact adjoint: ``<A x, y> = <x, A^T y>`` for all x, y."""
+        y = real_float(y)
+        check_image(y, "the input of Blur.adjoint")
         if self.boundary == "circular":
-            return self._fft_apply(y, adjoint=True)
-        return self._conv(y, flip=True)
+            return self._fft(y, adjoint=True)
+        return self._conv(y, adjoint=True)
 
     def normal(self, x: jax.Array) -> jax.Array:
-        """``A^T A x``."""
+        """``A^T A x`` (symmetric positive semi-definite, eigenvalues in [0, 1])."""
         return self.adjoint(self.apply(x))
 
     __call__ = apply

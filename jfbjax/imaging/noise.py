@@ -1,21 +1,31 @@
-"""The degradation d = A x + e, e ~ N(0, noise_std^2 I)."""
+r"""The degradation ``d = A x + e`` with white Gaussian noise ``e ~ N(0, noise_std^2 I)``."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from jfbjax.imaging._checks import check_nonnegative, compute_dtype
 from jfbjax.imaging.blur import Blur
 
 
 def degrade(key: jax.Array, x: jax.Array, blur: Blur, noise_std: float) -> jax.Array:
-    """Blur ``x`` (layout (..., H, W, C), [-1, 1] scale) and add white Gaussian
-    noise of standard deviation ``noise_std`` drawn from ``key``.
+    r"""Blur and add noise: ``d = A x + noise_std * z`` with ``z ~ N(0, I)`` drawn from ``key``.
 
-    Draw a fresh key per batch (e.g. ``jax.random.fold_in(key, step)``).
+    Args:
+      key: a PRNG key (raw ``PRNGKey`` or typed ``jax.random.key``). The noise
+        is a deterministic function of it: draw a fresh key for every batch,
+        e.g. ``jax.random.fold_in(key, step)``.
+      x: clean images of layout (..., H, W, C) on the [-1, 1] scale.
+      blur: the operator ``A`` (static under ``jit``).
+      noise_std: standard deviation on the [-1, 1] scale (paper: 1e-2); may
+        be traced. A concrete value must be finite and >= 0.
+
+    Returns:
+      ``d`` with the shape and floating dtype of ``A x``; the noise is drawn in
+      at least float32 and cast to that dtype.
     """
-    if isinstance(noise_std, int | float) and not noise_std >= 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std!r}")
+    check_nonnegative(noise_std, "noise_std")
     ax = blur.apply(x)
-    noise = jax.random.normal(key, ax.shape, jnp.promote_types(ax.dtype, jnp.float32))
-    return (ax + noise_std * noise).astype(ax.dtype)
+    z = jax.random.normal(key, ax.shape, compute_dtype(ax.dtype))
+    return (ax + jnp.asarray(noise_std, z.dtype) * z).astype(ax.dtype)
