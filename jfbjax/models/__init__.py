@@ -1,4 +1,5 @@
-"""Flax NNX models: the DnCNN regulariser, DE-GRAD and a feed-forward baseline."""
+"""Flax NNX models: the DnCNN regulariser, the DE-GRAD implicit model and a
+feed-forward baseline, plus their construction from an ml_collections config."""
 
 from jfbjax.models.degrad import (
     DEGRAD,
@@ -7,14 +8,23 @@ from jfbjax.models.degrad import (
     build_model,
     solver_from_config,
 )
-from jfbjax.models.dncnn import DnCNN, SpectralConv
+from jfbjax.models.dncnn import (
+    DnCNN,
+    PowerVector,
+    SpectralConv,
+    freeze_spectral_norm,
+    spectral_norm_estimate,
+)
 
 __all__ = [
     "DEGRAD",
     "DnCNN",
     "FeedForward",
+    "PowerVector",
     "SpectralConv",
     "backward_from_config",
     "build_model",
+    "freeze_spectral_norm",
     "solver_from_config",
+    "spectral_norm_estimate",
 ]

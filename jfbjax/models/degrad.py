@@ -1,16 +1,23 @@
 r"""DE-GRAD (Gilton, Ongie, Willett 2021) and a feed-forward baseline, in Flax NNX.
 
-The DE-GRAD map is one gradient step on the data fit plus a learned
-regulariser ``R`` (a :class:`~jfbjax.models.DnCNN`):
+The DE-GRAD map is one gradient step on the data fit ``||A x - d||^2 / 2``
+plus a learned regulariser ``R`` (a :class:`~jfbjax.models.DnCNN`):
 
-.. math:: T(x; d) = x - \eta \big(A^T(A x - d) + R(x)\big),\qquad \eta > 0,
+.. math:: T(x; d) = x - \eta \big(A^T(A x - d) + R(x)\big),\qquad
+          \eta = \mathrm{softplus}(\rho) > 0,
 
-optionally clamped to the data range [-1, 1]; the model outputs its fixed
-point ``x* = T(x*; d)`` found by :func:`jfbjax.fixed_point` from
-``x0 = A^T d``, with the solver and backward mode given at construction.
+optionally clamped to the data range [-1, 1] (Gilton's variant). The model's
+output is the fixed point ``x* = T(x*; d)``, found by :func:`jfbjax.fixed_point`
+from ``x0 = A^T d`` for every sample separately (``jax.vmap``), with the
+solver and the backward mode (JFB, IFT, Neumann, unrolled) held as static
+configuration. The sign convention ``+R`` is the paper's code's; Gilton
+writes ``-R``, which is the same family of maps up to the sign of the last
+layer.
 """
 
 from __future__ import annotations
+
+import copy
 
 import jax
 import jax.numpy as jnp
@@ -19,25 +26,77 @@ from flax import nnx
 
 import jfbjax
 from jfbjax.imaging.blur import Blur
-from jfbjax.models.dncnn import DnCNN
+from jfbjax.models.dncnn import DnCNN, freeze_spectral_norm
+
+__all__ = ["DEGRAD", "FeedForward", "backward_from_config", "build_model", "solver_from_config"]
+
+Solver = jfbjax.Picard | jfbjax.Anderson
+Backward = jfbjax.JFB | jfbjax.IFT | jfbjax.Neumann | jfbjax.Unrolled
 
 
 def _inverse_softplus(y: float) -> float:
+    """``rho`` with ``softplus(rho) = log(1 + e^rho) = y`` (for ``y > 0``)."""
     return float(y + np.log(-np.expm1(-y)))
 
 
+def _check_batch(d: jax.Array, channels: int | None, who: str) -> None:
+    if jnp.ndim(d) != 4:
+        raise ValueError(f"{who} expects a batch of images (N, H, W, C), got shape {jnp.shape(d)}")
+    if not jnp.issubdtype(jnp.result_type(d), jnp.floating):
+        raise TypeError(f"{who} expects floating images, got dtype {jnp.result_type(d)}")
+    if channels is not None and d.shape[-1] != channels:
+        raise ValueError(
+            f"{who}: the regulariser has {channels} channels, the images have {d.shape[-1]} "
+            f"(shape {d.shape})"
+        )
+
+
+def _trivial_info(d: jax.Array) -> jfbjax.SolverInfo:
+    """A :class:`jfbjax.SolverInfo` of shape (N,) for a model without a solve:
+    0 iterations, residual 0, status CONVERGED."""
+    n = d.shape[0]
+    residual_dtype = jnp.promote_types(d.dtype, jnp.float32)
+    return jfbjax.SolverInfo(
+        iterations=jnp.zeros(n, jnp.int32),
+        residual=jnp.zeros(n, residual_dtype),
+        status=jnp.full(n, int(jfbjax.CONVERGED), jnp.int32),
+    )
+
+
 class DEGRAD(nnx.Module):
-    """The DE-GRAD implicit deblurring model.
+    r"""The DE-GRAD implicit deblurring model.
 
     Args:
-      blur: the forward operator ``A`` (static).
-      regulariser: ``R``, e.g. a :class:`DnCNN`.
-      eta_init: initial step size ``eta = softplus(raw)`` (learned, always > 0).
-        ``||A^T A|| <= 1`` for a normalised blur, so ``eta <= 1`` keeps the
-        data-fit step a contraction while ``R`` is small.
-      clamp: clip ``T``'s output to [-1, 1] (Gilton's variant).
-      solver, backward: the :func:`jfbjax.fixed_point` configuration (static;
-        swap with :meth:`configure`).
+      blur: the forward operator ``A`` (a frozen, hashable
+        :class:`~jfbjax.imaging.blur.Blur`; static).
+      regulariser: ``R``, e.g. a :class:`~jfbjax.models.DnCNN`, mapping
+        ``(H, W, C)`` and ``(N, H, W, C)`` images to the same shape.
+      eta_init: the initial step ``eta``. The parameter is the raw value
+        ``rho`` with ``eta = softplus(rho)``, so ``eta > 0`` throughout
+        training. Default 1: the blur kernel is non-negative and sums to 1,
+        so ``||A||_2 <= 1`` (Young's inequality for zero padding; the DC
+        Fourier coefficient for circular), and ``eta = 1 / ||A^T A||`` is the
+        classical largest step that keeps the data-fit step
+        ``x - eta A^T(A x - d)`` non-expansive with eigenvalues
+        ``1 - eta s_i^2`` in [0, 1] (any ``eta < 2`` is non-expansive).
+      clamp: clip ``T``'s output to [-1, 1] (Gilton's variant). Its gradient
+        is zero for clipped pixels.
+      learn_eta: make ``raw_eta`` an ``nnx.Param`` (trained, the default, as
+        in the paper) or a plain ``nnx.Variable`` (held fixed by optimisers
+        that train ``nnx.Param`` only). Note that the fixed point does not
+        depend on ``eta``: ``x* = T(x*)`` iff ``A^T(A x* - d) + R(x*) = 0``
+        (with the clamp: iff ``x*`` solves the same projected equation), so
+        the exact implicit (IFT) gradient with respect to ``eta`` is zero, and
+        JFB / IFT / Neumann gradients with respect to ``eta`` come only from
+        the solver's residual at the returned point (unrolled: from the
+        truncation of the iteration). ``eta`` sets how fast the solver
+        converges, not what it converges to.
+      solver: forward solver of :func:`jfbjax.fixed_point` (static).
+      backward: backward mode of :func:`jfbjax.fixed_point` (static).
+
+    ``model.solver`` and ``model.backward`` are plain attributes and may be
+    reassigned (e.g. a tighter solver for evaluation); :meth:`with_solver`
+    returns a model with other settings that shares this one's variables.
     """
 
     def __init__(
@@ -47,52 +106,84 @@ class DEGRAD(nnx.Module):
         *,
         eta_init: float = 1.0,
         clamp: bool = False,
-        solver: jfbjax.Picard | jfbjax.Anderson | str = "anderson",
-        backward: str | jfbjax.JFB | jfbjax.IFT | jfbjax.Neumann | jfbjax.Unrolled = "jfb",
+        learn_eta: bool = True,
+        solver: Solver | str = "anderson",
+        backward: Backward | str = "jfb",
     ):
-        if not eta_init > 0:
-            raise ValueError(f"eta_init must be > 0, got {eta_init}")
+        if not (np.isfinite(eta_init) and eta_init > 0):
+            raise ValueError(f"eta_init must be a finite number > 0, got {eta_init!r}")
         self.blur = blur
         self.regulariser = regulariser
-        self.raw_eta = nnx.Param(jnp.asarray(_inverse_softplus(eta_init), jnp.float32))
-        self.clamp = clamp
+        raw_eta = jnp.asarray(_inverse_softplus(float(eta_init)), jnp.float32)
+        self.raw_eta = nnx.Param(raw_eta) if learn_eta else nnx.Variable(raw_eta)
+        self.clamp = bool(clamp)
         self.solver = jfbjax.as_solver(solver)
         self.backward = jfbjax.as_backward(backward)
 
     @property
     def eta(self) -> jax.Array:
+        """The step size ``softplus(raw_eta) > 0``."""
         return jax.nn.softplus(self.raw_eta[...])
 
-    def configure(self, *, solver=None, backward=None) -> DEGRAD:
-        """Set the solver and/or backward mode in place (e.g. a tighter solver at test time)."""
-        if solver is not None:
-            self.solver = jfbjax.as_solver(solver)
-        if backward is not None:
-            self.backward = jfbjax.as_backward(backward)
-        return self
+    def with_solver(
+        self, solver: Solver | str | None = None, backward: Backward | str | None = None
+    ) -> DEGRAD:
+        """This model with another solver and/or backward mode.
 
-    def map(self, x: jax.Array, d: jax.Array) -> jax.Array:
-        """One application of ``T(x; d)`` (single (H, W, C) or batched images)."""
+        The result shares this model's variables (an update of one's
+        parameters is seen by the other); ``self`` is unchanged.
+        """
+        other = copy.copy(self)
+        if solver is not None:
+            other.solver = jfbjax.as_solver(solver)
+        if backward is not None:
+            other.backward = jfbjax.as_backward(backward)
+        return other
+
+    def step(self, x: jax.Array, d: jax.Array) -> jax.Array:
+        """One application of ``T(x; d)`` to ``(H, W, C)`` or ``(N, H, W, C)`` images.
+
+        Returns an array of ``x``'s shape and dtype.
+        """
         grad = self.blur.adjoint(self.blur.apply(x) - d) + self.regulariser(x)
-        out = x - self.eta.astype(x.dtype) * grad
-        return jnp.clip(out, -1.0, 1.0) if self.clamp else out
+        out = x - self.eta.astype(grad.dtype) * grad
+        if self.clamp:
+            out = jnp.clip(out, -1.0, 1.0)
+        return out.astype(x.dtype)
+
+    #: Alias of :meth:`step` (``T`` as a map, e.g. for :func:`jfbjax.contraction_estimate`).
+    map = step
 
     def start(self, d: jax.Array) -> jax.Array:
         """The start point ``x0 = A^T d``."""
         return self.blur.adjoint(d)
 
     def __call__(self, d: jax.Array) -> tuple[jax.Array, jfbjax.SolverInfo]:
-        """Fixed points for a batch ``d`` of shape (N, H, W, C): ``(x*, info)``
-        with ``info`` fields of shape (N,), one solve per sample."""
-        if d.ndim != 4:
-            raise ValueError(f"DEGRAD expects a batch (N, H, W, C), got shape {d.shape}")
-        graphdef, state = nnx.split(self)
+        """Fixed points ``x*_i = T(x*_i; d_i)`` of a batch ``d`` of shape (N, H, W, C).
 
-        def T(x, state, d):
-            return nnx.merge(graphdef, state).map(x, d)
+        Each sample is solved on its own (``jax.vmap`` of
+        :func:`jfbjax.fixed_point`): own iterations, residual and status; a
+        non-finite ``d_i`` gives status ``NONFINITE`` for sample ``i`` only.
+        ``T`` is a pure function of the parameters, passed to the solve as
+        explicit arguments, so gradients reach every parameter through the
+        configured backward mode. Spectral normalisation, if any, is
+        computed once per call, before the solve.
+
+        Returns:
+          ``(x_star, info)``: ``x_star`` of ``d``'s shape, ``info`` a
+          :class:`jfbjax.SolverInfo` with fields of shape (N,).
+        """
+        _check_batch(d, getattr(self.regulariser, "channels", None), "DEGRAD")
+        graphdef, params, rest = nnx.split(freeze_spectral_norm(self), nnx.Param, ...)
+        rest = jax.lax.stop_gradient(rest)
+
+        def T(x, params, rest, d):
+            return nnx.merge(graphdef, params, rest).step(x, d)
 
         def solve(x0, d):
-            return jfbjax.fixed_point(T, x0, state, d, solver=self.solver, backward=self.backward)
+            return jfbjax.fixed_point(
+                T, x0, params, rest, d, solver=self.solver, backward=self.backward
+            )
 
         return jax.vmap(solve)(self.start(d), d)
 
@@ -100,7 +191,8 @@ class DEGRAD(nnx.Module):
 class FeedForward(nnx.Module):
     """A direct deblurrer ``x = A^T d - R(A^T d)`` (the paper's pretraining of R).
 
-    Same call signature as :class:`DEGRAD`; its info reports zero iterations.
+    Same call signature as :class:`DEGRAD`: ``model(d) -> (x, info)`` with a
+    trivial ``info`` (0 iterations, residual 0, status CONVERGED) of shape (N,).
     """
 
     def __init__(self, blur: Blur, regulariser: nnx.Module):
@@ -108,18 +200,17 @@ class FeedForward(nnx.Module):
         self.regulariser = regulariser
 
     def __call__(self, d: jax.Array) -> tuple[jax.Array, jfbjax.SolverInfo]:
-        if d.ndim != 4:
-            raise ValueError(f"FeedForward expects a batch (N, H, W, C), got shape {d.shape}")
+        _check_batch(d, getattr(self.regulariser, "channels", None), "FeedForward")
         x0 = self.blur.adjoint(d)
-        n = d.shape[0]
-        info = jfbjax.SolverInfo(
-            jnp.zeros(n, jnp.int32), jnp.zeros(n, jnp.float32), jnp.zeros(n, jnp.int32)
-        )
-        return x0 - self.regulariser(x0), info
+        return (x0 - self.regulariser(x0)).astype(d.dtype), _trivial_info(d)
 
 
-def solver_from_config(cfg) -> jfbjax.Picard | jfbjax.Anderson:
-    """``config.solver`` (name, m, beta, ridge, tol, max_iter) to a solver."""
+def solver_from_config(cfg) -> Solver:
+    """The forward solver of a ``config.solver`` section.
+
+    ``name="anderson"`` uses ``m, beta, ridge, tol, max_iter``;
+    ``name="picard"`` uses ``tol, max_iter`` and ``beta`` as the damping.
+    """
     if cfg.name == "anderson":
         return jfbjax.Anderson(
             m=int(cfg.m),
@@ -135,8 +226,12 @@ def solver_from_config(cfg) -> jfbjax.Picard | jfbjax.Anderson:
     raise ValueError(f"solver.name must be 'anderson' or 'picard', got {cfg.name!r}")
 
 
-def backward_from_config(cfg):
-    """``config.backward`` (name, k, tol, max_iter, adjoint_solver) to a backward mode."""
+def backward_from_config(cfg) -> Backward:
+    """The backward mode of a ``config.backward`` section.
+
+    ``"jfb"``; ``"ift"`` with ``adjoint_solver`` (anderson, picard, gmres),
+    ``tol`` and ``max_iter``; ``"neumann"`` with ``k`` terms; ``"unrolled"``.
+    """
     if cfg.name == "jfb":
         return jfbjax.JFB()
     if cfg.name == "ift":
@@ -149,18 +244,32 @@ def backward_from_config(cfg):
 
 
 def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
-    """The model described by ``config.model`` (+ ``config.solver``, ``config.backward``)."""
+    """The model of ``config.model`` with a DnCNN regulariser.
+
+    ``config.model``: ``kind`` ("degrad" | "feedforward"), ``depth``,
+    ``features``, ``spectral_norm``, ``eta_init``, ``clamp``, and optionally
+    ``channels`` (default 3) and ``learn_eta`` (default True). For "degrad"
+    the solver and backward mode come from ``config.solver`` and
+    ``config.backward`` (:func:`solver_from_config`, :func:`backward_from_config`).
+    """
     m = config.model
-    reg = DnCNN(3, int(m.depth), int(m.features), spectral_norm=bool(m.spectral_norm), rngs=rngs)
-    if m.kind == "degrad":
-        return DEGRAD(
-            blur,
-            reg,
-            eta_init=float(m.eta_init),
-            clamp=bool(m.clamp),
-            solver=solver_from_config(config.solver),
-            backward=backward_from_config(config.backward),
-        )
+    if m.kind not in ("degrad", "feedforward"):
+        raise ValueError(f"model.kind must be 'degrad' or 'feedforward', got {m.kind!r}")
+    regulariser = DnCNN(
+        int(m.get("channels", 3)),
+        int(m.depth),
+        int(m.features),
+        spectral_norm=bool(m.spectral_norm),
+        rngs=rngs,
+    )
     if m.kind == "feedforward":
-        return FeedForward(blur, reg)
-    raise ValueError(f"model.kind must be 'degrad' or 'feedforward', got {m.kind!r}")
+        return FeedForward(blur, regulariser)
+    return DEGRAD(
+        blur,
+        regulariser,
+        eta_init=float(m.eta_init),
+        clamp=bool(m.clamp),
+        learn_eta=bool(m.get("learn_eta", True)),
+        solver=solver_from_config(config.solver),
+        backward=backward_from_config(config.backward),
+    )
