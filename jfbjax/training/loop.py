@@ -441,7 +441,8 @@ def train_and_evaluate(
     columns = {
         "clean": x_test[idx],
         "blurred d": d_test[idx],
-        "Wiener": x_wiener[idx],
+        "Wiener (FFT)": x_wiener[idx],
+        "Tikhonov (CG)": outputs["tikhonov"][idx],
         f"DE-GRAD+{config.backward.name.upper()}": x_model[idx],
     }
     per_image = {
