@@ -23,7 +23,8 @@ location, or None), ``image_size``, ``n_train`` / ``n_val`` / ``n_test``
 ``noise_std``: standard deviation of the Gaussian noise on the [-1, 1] scale.
 ``model``: ``kind`` (degrad|feedforward), ``depth`` and ``features`` of the
 DnCNN regulariser, ``spectral_norm``, ``eta_init`` (initial step size of the
-DE-GRAD map), ``clamp`` (clip the map's output to [-1, 1]).
+DE-GRAD map), ``learn_eta`` (train eta or keep it fixed), ``clamp`` (clip
+the map's output to [-1, 1]).
 ``solver``: forward fixed-point solver: ``name`` (anderson|picard), ``m``
 (Anderson memory), ``beta`` (mixing / damping), ``ridge`` (Anderson
 regularisation), ``tol`` (relative residual), ``max_iter``.
@@ -76,6 +77,7 @@ def _base() -> ml_collections.ConfigDict:
     c.model.features = 64
     c.model.spectral_norm = False
     c.model.eta_init = 1.0
+    c.model.learn_eta = True
     c.model.clamp = False
 
     c.solver = ml_collections.ConfigDict()
