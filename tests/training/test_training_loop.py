@@ -21,6 +21,9 @@ def _config(steps=8):
     config.log_every = 2
     config.eval_every = 100  # only the final evaluation
     config.checkpoint_every = 3
+    # Spectral norm adds non-trainable variables (power-iteration vectors) to the
+    # state, so resume covers TrainState.rest too.
+    config.model.spectral_norm = True
     return config
 
 
@@ -64,7 +67,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     s_step, s_state = _checkpoint(tmp_path / "straight")
     r_step, r_state = _checkpoint(crashed)
     assert s_step == r_step == 8
-    for part in ("params", "opt_state", "key", "step"):
+    assert jax.tree.leaves(s_state["rest"]), "expected non-trainable variables"
+    for part in ("params", "rest", "opt_state", "key", "step"):
         jax.tree.map(np.testing.assert_array_equal, r_state[part], s_state[part])
     assert resumed["test"]["model"]["psnr_standard"] == pytest.approx(
         straight["test"]["model"]["psnr_standard"], abs=1e-6
