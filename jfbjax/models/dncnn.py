@@ -17,6 +17,7 @@ to help keep the DE-GRAD map contractive.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import TypeVar
 
@@ -62,15 +63,17 @@ def spectral_norm_estimate(matrix: jax.Array, u0: jax.Array, squarings: int) -> 
     (``stop_gradient``), so ``d sigma / d W = v u^T``, the exact derivative
     of the largest singular value at convergence (Miyato et al. 2018).
     """
+    # Full-precision products (no TF32 / bf16 passes on accelerators); they are tiny.
+    dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
     w_const = jax.lax.stop_gradient(matrix)
-    gram = w_const.T @ w_const
+    gram = dot(w_const.T, w_const)
     for _ in range(squarings):
-        gram = gram @ gram
+        gram = dot(gram, gram)
         gram = gram / (jnp.max(jnp.abs(gram)) + jnp.finfo(gram.dtype).tiny)
-    u = _unit(gram @ _unit(u0.astype(gram.dtype)))
-    v = _unit(w_const @ u)
+    u = _unit(dot(gram, _unit(u0.astype(gram.dtype))))
+    v = _unit(dot(w_const, u))
     u, v = jax.lax.stop_gradient((u, v))
-    return v @ (matrix @ u)
+    return dot(v, dot(matrix, u))
 
 
 class SpectralConv(nnx.Module):
@@ -80,16 +83,20 @@ class SpectralConv(nnx.Module):
     ``K / max(1, sigma)`` with ``sigma`` the spectral norm of ``K`` reshaped to
     the ``(kh * kw * c_in, c_out)`` matrix ``W`` (:func:`spectral_norm_estimate`),
     the usual spectral normalisation of a convolution (Miyato et al. 2018).
-    Only kernels with ``sigma > 1`` are rescaled, so ``||W||_2 <= 1``.
+    Only kernels with ``sigma > 1`` are rescaled, so ``||W||_2 <= 1`` (up to
+    the estimate's accuracy, about 1e-4 with the default ``squarings``).
 
     What that bounds: with zero "same" padding, each output pixel is ``W^T``
     applied to its ``kh * kw * c_in`` patch, and each input pixel lies in at
     most ``kh * kw`` patches, so the convolution's Lipschitz constant (the
     operator norm on images) is at most ``sqrt(kh * kw) ||W||_2`` (3 for a 3x3
     kernel), not 1. The reshaped-matrix normalisation is the standard cheap
-    proxy; it keeps the layers' gains in check and the DE-GRAD map
-    contractive in practice for a modest step ``eta``, but it is not a
-    certificate (check with :func:`jfbjax.contraction_estimate`).
+    proxy: it bounds the gain of ``R`` whatever the scale of the weights. It
+    is not a contraction certificate for DE-GRAD:
+    ``T = I - eta (A^T A + R)`` contracts only where ``A^T A + R`` is
+    strongly monotone, which a bound on ``R`` does not give (a blur with a
+    near null space leaves ``I - eta A^T A`` with eigenvalues near 1 there).
+    Check with :func:`jfbjax.contraction_estimate`.
 
     The normalisation is a pure function of the kernel: the power iteration
     starts from a fixed :class:`PowerVector` and nothing is written back, so
