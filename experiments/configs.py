@@ -167,15 +167,15 @@ def _paper() -> ml_collections.ConfigDict:
     c = _base()
     c.data.source = "auto"
     c.data.image_size = 128
-    c.data.n_train = 8000
-    c.data.n_test = 2000
+    # The paper's split: images 1-8000 train (the last 256 of them held out
+    # here for validation), 8001-10000 test; None = the source's defaults.
     c.model.depth = 17
     c.model.features = 64
     c.model.spectral_norm = True  # the paper's code normalises every convolution
     c.optim.lr = 1e-4
     c.optim.schedule = "constant"
     c.batch_size = 32
-    c.steps = 100 * 8000 // 32  # 100 epochs of 8000 images
+    c.steps = 100 * 8000 // 32  # the paper's 100 epochs of 8000 images, in updates
     c.eval_batch_size = 64
     c.log_every = 50
     c.eval_every = 2500
