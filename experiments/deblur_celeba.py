@@ -28,61 +28,81 @@ from experiments.configs import PRESETS, apply_overrides, get_config
 __all__ = ["build_config", "main", "parse_args"]
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it has one (not None / False / [])."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, []) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _presets(get) -> str:
+    """``'default from the preset: cpu 250, smoke 20, paper 25000'`` for a config getter."""
+    values = ", ".join(f"{p} {get(get_config(p))}" for p in ("cpu", "smoke", "paper"))
+    return f"default from the preset: {values}"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    cpu = get_config("cpu")
     p = argparse.ArgumentParser(
         prog="python -m experiments.deblur_celeba",
         description=(
             "Deblurring with an implicit DE-GRAD network trained by Jacobian-free "
-            "backpropagation (arXiv 2402.02065). Flags left unset take the preset's value "
-            "(shown for the cpu preset)."
+            "backpropagation (arXiv 2402.02065). Flags left unset take the preset's value."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--preset", choices=PRESETS, default="cpu", help="configuration preset")
     p.add_argument(
         "--data",
         choices=("auto", "builtin", "tfds", "folder"),
         default=None,
-        help=f"data source; auto = CelebA if --data_dir holds it, else the built-in photos "
-        f"(preset: {cpu.data.source})",
+        help="data source; auto = CelebA if --data_dir holds it, else the built-in photos "
+        f"({_presets(lambda c: c.data.source)})",
     )
     p.add_argument("--data_dir", default=None, help="CelebA location (tfds data_dir or folder)")
     p.add_argument(
         "--backward",
         choices=("jfb", "ift", "neumann", "unrolled"),
         default=None,
-        help=f"gradient of the fixed point (preset: {cpu.backward.name})",
+        help=f"gradient of the fixed point ({_presets(lambda c: c.backward.name)})",
     )
     p.add_argument(
         "--solver",
         choices=("anderson", "picard"),
         default=None,
-        help=f"forward fixed-point solver (preset: {cpu.solver.name})",
+        help=f"forward fixed-point solver ({_presets(lambda c: c.solver.name)})",
     )
-    p.add_argument("--steps", type=int, default=None, help=f"training steps (preset: {cpu.steps})")
+    p.add_argument(
+        "--steps", type=int, default=None, help=f"training steps ({_presets(lambda c: c.steps)})"
+    )
     p.add_argument(
         "--batch_size",
         type=int,
         default=None,
-        help=f"global batch size, a multiple of the device count (preset: {cpu.batch_size})",
+        help="global batch size, a multiple of the device count "
+        f"({_presets(lambda c: c.batch_size)})",
     )
     p.add_argument(
         "--image_size",
         type=int,
         default=None,
-        help=f"image side in pixels (preset: {cpu.data.image_size})",
+        help=f"image side in pixels ({_presets(lambda c: c.data.image_size)})",
     )
     p.add_argument(
         "--out",
         default=None,
-        help="output folder (default: runs/<preset>-<date>-<time> in the working directory)",
+        help="output folder (default: a fresh runs/<preset>-<date>-<time> in the working "
+        "directory)",
     )
-    p.add_argument("--seed", type=int, default=None, help=f"random seed (preset: {cpu.seed})")
+    p.add_argument(
+        "--seed", type=int, default=None, help=f"random seed ({_presets(lambda c: c.seed)})"
+    )
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from its latest checkpoint (same data order and noise)",
+        help="continue the run in --out from its latest checkpoint, with the same data order "
+        "and noise; its saved config.json is reused (flags given still override it)",
     )
     p.add_argument(
         "--set",
