@@ -85,13 +85,15 @@ def fixed_point(
     """
     solver = as_solver(solver)
     backward = as_backward(backward)
-    _check_signature(f, z0, args)
+    _check_start(z0)
     z0 = jax.lax.stop_gradient(z0)
 
     if isinstance(backward, Unrolled):
+        _check_output(z0, jax.eval_shape(f, z0, *args))
         z, info = iterate(solver, lambda z: f(z, *args), z0, differentiable=True)
     else:
-        f_flat, hoisted = _closure_convert(f, z0, args)
+        f_flat, hoisted, out_shape = _closure_convert(f, z0, args)
+        _check_output(z0, out_shape)  # from the same trace: f is not traced twice
         z, info = _solve(f_flat, solver, backward, backward_callback, z0, args, hoisted)
     info = jax.tree.map(jax.lax.stop_gradient, info)
     if throw:
@@ -121,13 +123,16 @@ def _describe(tree: PyTree) -> str:
     return f"structure {jax.tree.structure(tree)} with leaves [{shapes}]"
 
 
-def _check_signature(f: Callable, z0: PyTree, args: tuple) -> None:
+def _check_start(z0: PyTree) -> None:
     for leaf in jax.tree.leaves(z0):
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
             raise TypeError(
                 f"fixed_point: every leaf of z0 must be a floating array, got {_describe(z0)}"
             )
-    out = jax.eval_shape(f, z0, *args)
+
+
+def _check_output(z0: PyTree, out: PyTree) -> None:
+    """``out`` (shapes of ``f(z0, *args)``) must match ``z0`` in structure, shapes and dtypes."""
     expected = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), z0)
     same_tree = jax.tree.structure(out) == jax.tree.structure(expected)
     if not same_tree or any(
@@ -141,13 +146,14 @@ def _check_signature(f: Callable, z0: PyTree, args: tuple) -> None:
         )
 
 
-def _closure_convert(f: Callable, z0: PyTree, args: tuple) -> tuple[Callable, tuple]:
+def _closure_convert(f: Callable, z0: PyTree, args: tuple) -> tuple[Callable, tuple, PyTree]:
     """Trace ``f`` once and hoist every traced value it closes over.
 
     ``jax.closure_convert`` hoists only values that are being differentiated;
     a value captured from an enclosing ``vmap`` would leak into the
     custom_vjp. Here every closed-over tracer becomes an explicit argument
     (``f_flat(z, args, hoisted)``); concrete constants stay closed over.
+    Also returns the output shapes of that trace.
     """
     closed, out_shape = jax.make_jaxpr(lambda z, a: f(z, *a), return_shape=True)(z0, args)
     is_tracer = [isinstance(c, jax.core.Tracer) for c in closed.consts]
@@ -162,7 +168,7 @@ def _closure_convert(f: Callable, z0: PyTree, args: tuple) -> tuple[Callable, tu
         out = jax.core.eval_jaxpr(jaxpr, consts, *jax.tree.leaves((z, a)))
         return jax.tree.unflatten(out_tree, out)
 
-    return f_flat, hoisted
+    return f_flat, hoisted, out_shape
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
