@@ -8,6 +8,7 @@ from jfbjax.training.checkpoints import BEST_METRIC, Checkpoints
 from jfbjax.training.evaluation import predict, score, score_model
 from jfbjax.training.loop import NonFiniteLossError, ResultsExistError, train_and_evaluate
 from jfbjax.training.parallel import DataParallel
+from jfbjax.training.restore import Run, blur_from_config, load_run
 from jfbjax.training.steps import CountingJit, batch_psnr, make_eval_step, make_train_step, mse_loss
 from jfbjax.training.train_state import (
     TrainState,
@@ -24,9 +25,12 @@ __all__ = [
     "DataParallel",
     "NonFiniteLossError",
     "ResultsExistError",
+    "Run",
     "TrainState",
     "batch_psnr",
+    "blur_from_config",
     "create_train_state",
+    "load_run",
     "make_eval_step",
     "make_optimizer",
     "make_schedule",

@@ -1,0 +1,69 @@
+"""load_run: a run folder gives back the trained model, and bad folders fail clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import get_config
+from jfbjax.models import DEGRAD
+from jfbjax.training import load_run, train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    config = get_config("smoke")
+    config.steps = 4
+    config.optim.warmup = 1
+    config.eval_every = 100
+    config.checkpoint_every = 2
+    workdir = tmp_path_factory.mktemp("run")
+    results = train_and_evaluate(config, workdir, progress=False)
+    return workdir, results
+
+
+def test_load_run_reproduces_the_final_test_psnr(run_dir):
+    workdir, results = run_dir
+    run = load_run(workdir, which="latest")
+    assert isinstance(run.model, DEGRAD)
+    assert run.step == 4 and run.which == "latest"
+    assert run.noise_std == pytest.approx(results["config"]["noise_std"])
+    # Score the restored model on the run's own test images: same PSNR as results.json.
+    from jfbjax.data import load_data
+    from jfbjax.imaging import degrade, psnr
+
+    c = run.config
+    data = load_data(
+        c.data.source, c.data.image_size, n_val=c.data.n_val, n_test=c.data.n_test, seed=c.seed
+    )
+    keys = jax.random.split(jax.random.PRNGKey(c.seed), 3)
+    d = degrade(keys[2], data.test, run.blur, run.noise_std)
+    x_hat, info = jax.jit(run.model)(d)
+    got = float(np.mean(psnr(data.test, x_hat)))
+    assert got == pytest.approx(results["test"]["model"]["psnr_standard"], abs=1e-3)
+    assert info.iterations.shape == (len(d),)
+
+
+def test_best_falls_back_to_latest_or_is_used(run_dir):
+    workdir, _ = run_dir
+    run = load_run(workdir)  # best: the final evaluation was checkpointed
+    assert run.which == "best" and run.step == 4
+
+
+def test_bad_folders_fail_clearly(tmp_path, run_dir):
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
+        load_run(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid configuration"):
+        load_run(tmp_path)
+    workdir, _ = run_dir
+    (tmp_path / "config.json").write_text(open(os.path.join(workdir, "config.json")).read())
+    with pytest.raises(FileNotFoundError, match="checkpoints"):
+        load_run(tmp_path)
+    with pytest.raises(ValueError, match="which"):
+        load_run(workdir, which="first")
+    json.loads(open(os.path.join(workdir, "config.json")).read())
