@@ -32,7 +32,14 @@ RESIDUAL_EPS = 1e-8
 
 
 class Status(enum.IntEnum):
-    """Why a solve stopped. ``SolverInfo.status`` holds these integer codes."""
+    """Why a solve stopped. ``SolverInfo.status`` holds these integer codes.
+
+    ``CONVERGED`` (0): the relative residual ``||f(z) - z|| / (||f(z)|| + 1e-8)``
+    reached ``tol``; ``MAX_ITER`` (1): ``max_iter`` updates ran without reaching
+    it; ``NONFINITE`` (2): an iterate or ``f`` of it held NaN or inf. The codes
+    are plain integers inside jitted code; :func:`status_name` turns one into
+    its name.
+    """
 
     CONVERGED = 0  #: relative residual <= tol
     MAX_ITER = 1  #: ran max_iter iterations without reaching tol
@@ -62,7 +69,17 @@ class SolverInfo(NamedTuple):
 
 
 def status_name(code: int) -> str:
-    """The name of a status code, e.g. ``status_name(1) == "MAX_ITER"``."""
+    """The name of a status code, e.g. ``status_name(1) == "MAX_ITER"``.
+
+    Args:
+      code: an integer :class:`Status` code (a Python int or a scalar array).
+
+    Returns:
+      ``"CONVERGED"``, ``"MAX_ITER"`` or ``"NONFINITE"``.
+
+    Raises:
+      ValueError: ``code`` is not a status code.
+    """
     return Status(int(code)).name
 
 
@@ -132,10 +149,12 @@ class Picard:
             raise ValueError(f"damping must be in (0, 1], got {self.damping!r}")
 
     def init(self, z: PyTree, fz: PyTree) -> tuple:
+        """The solver state after the first evaluation ``fz = f(z0)``: empty for Picard."""
         del z, fz
         return ()
 
     def propose(self, state: tuple, z: PyTree, fz: PyTree) -> PyTree:
+        """The next iterate ``(1 - lambda) z + lambda f(z)`` (``f(z)`` for ``lambda = 1``)."""
         del state
         if self.damping == 1.0:
             return fz
@@ -143,6 +162,7 @@ class Picard:
         return jax.tree.map(lambda a, b: ((1 - d) * a + d * b).astype(a.dtype), z, fz)
 
     def record(self, state: tuple, z: PyTree, fz: PyTree) -> tuple:
+        """The state after the driver evaluated ``fz = f(z)``: unchanged for Picard."""
         del z, fz
         return state
 
@@ -210,6 +230,7 @@ class Anderson:
             raise ValueError(f"ridge must be a finite number >= 0, got {self.ridge!r}")
 
     def init(self, z: PyTree, fz: PyTree) -> AndersonState:
+        """A history of ``m`` slots holding ``f(z0)`` and ``g0 = f(z0) - z0`` in slot 0."""
         g = jax.tree.map(jnp.subtract, fz, z)
         dtype = acc_dtype(jnp.result_type(*jax.tree.leaves(z)))
         buf = lambda x: jnp.zeros((self.m, *x.shape), x.dtype).at[0].set(x)
@@ -232,6 +253,13 @@ class Anderson:
         return jnp.where(ok, jnp.where(valid, alpha, 0.0), plain)
 
     def propose(self, state: AndersonState, z: PyTree, fz: PyTree) -> PyTree:
+        r"""The Anderson mix ``sum_i alpha_i (f_i - (1 - beta) g_i)`` of the history.
+
+        ``alpha`` minimises ``||sum_i alpha_i g_i||^2 + lam ||alpha||^2``
+        subject to ``sum_i alpha_i = 1`` over the stored residuals ``g_i``,
+        with ``lam = ridge * mean_i ||g_i||^2``; non-finite weights fall back
+        to the plain step ``f(z)``.
+        """
         del z, fz  # the latest pair is already in the history
         alpha = self._weights(state)
 
@@ -247,6 +275,9 @@ class Anderson:
         return jax.tree.map(mix, state.fs, state.gs)
 
     def record(self, state: AndersonState, z: PyTree, fz: PyTree) -> AndersonState:
+        """Stores ``f(z)`` and ``g = f(z) - z`` in the next slot of the history
+        (overwriting the oldest once all ``m`` are full) and updates the Gram
+        matrix ``<g_i, g_j>``."""
         slot = state.count % self.m
         g = jax.tree.map(jnp.subtract, fz, z)
         fs = jax.tree.map(lambda h, x: h.at[slot].set(x), state.fs, fz)
@@ -271,7 +302,15 @@ _SOLVER_NAMES = {"anderson": Anderson, "picard": Picard}
 def as_solver(solver: str | Solver) -> Solver:
     """Accept a solver object, or the shorthands ``"anderson"`` (=
     ``Anderson()``: m=5, beta=1, ridge=1e-4, tol=1e-4, max_iter=50) and
-    ``"picard"`` (= ``Picard()``: tol=1e-4, max_iter=50, damping=1)."""
+    ``"picard"`` (= ``Picard()``: tol=1e-4, max_iter=50, damping=1).
+
+    Returns:
+      ``solver`` itself if it is a :class:`Picard` or :class:`Anderson`, else
+      the default configuration its (case-insensitive) name selects.
+
+    Raises:
+      ValueError: anything else.
+    """
     if isinstance(solver, Picard | Anderson):
         return solver
     if isinstance(solver, str) and solver.lower() in _SOLVER_NAMES:
