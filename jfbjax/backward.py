@@ -66,6 +66,18 @@ class JFB:
     """
 
     def adjoint(self, vjp_z: VJP, v: PyTree, stats: bool = False):
+        """Returns ``(u, info)`` with ``u = v``.
+
+        Args:
+          vjp_z: ``u -> (df/dz)^T u`` at ``z*`` (unused except for ``stats``).
+          v: the cotangent ``dl/dz*``.
+          stats: also compute the adjoint residual ``||v + J^T v - v|| /
+            (||v + J^T v|| + eps)`` (one extra VJP), else ``info.residual`` is NaN.
+
+        Returns:
+          ``(v, info)``, ``info`` a :class:`~jfbjax.SolverInfo` with 0
+          iterations and status ``MAX_ITER`` (no adjoint solve ran).
+        """
         info = _info(0, _adjoint_residual(vjp_z, v, v) if stats else jnp.nan, Status.MAX_ITER)
         return v, info
 
@@ -89,6 +101,18 @@ class Neumann:
             raise ValueError(f"Neumann k must be an integer >= 0, got {self.k!r}")
 
     def adjoint(self, vjp_z: VJP, v: PyTree, stats: bool = False):
+        """Returns ``(u, info)`` with ``u = sum_{i=0}^{k} ((df/dz)^T)^i v``.
+
+        Args:
+          vjp_z: ``u -> (df/dz)^T u`` at ``z*``.
+          v: the cotangent ``dl/dz*``.
+          stats: also compute the residual of ``u`` in the adjoint equation
+            (one extra VJP), else ``info.residual`` is NaN.
+
+        Returns:
+          ``(u, info)`` with ``info.iterations == k`` and status ``MAX_ITER``.
+        """
+
         def body(_, carry):
             term, total = carry
             term = vjp_z(term)
@@ -146,6 +170,18 @@ class IFT:
         return Anderson(tol=self.tol, max_iter=self.max_iter)
 
     def adjoint(self, vjp_z: VJP, v: PyTree, stats: bool = False):
+        """Solves ``u = v + (df/dz)^T u`` from ``u0 = v`` (the JFB answer).
+
+        Args:
+          vjp_z: ``u -> (df/dz)^T u`` at ``z*``.
+          v: the cotangent ``dl/dz*``.
+          stats: for GMRES, also compute the adjoint residual and a status
+            (Picard and Anderson always report theirs).
+
+        Returns:
+          ``(u, info)``: ``info`` the adjoint solve's
+          :class:`~jfbjax.SolverInfo` (GMRES reports ``iterations = -1``).
+        """
         if isinstance(self.solver, str) and self.solver.lower() == "gmres":
             matvec = lambda u: jax.tree.map(jnp.subtract, u, vjp_z(u))
             u, _ = jax.scipy.sparse.linalg.gmres(
@@ -196,7 +232,15 @@ _BACKWARD_NAMES: dict[str, Callable[[], Backward]] = {
 def as_backward(backward: str | Backward) -> Backward:
     """Accept a backward object or a shorthand: ``"jfb"`` (= ``JFB()``),
     ``"ift"`` (= ``IFT()``: Anderson adjoint, tol 1e-5, 100 iterations),
-    ``"neumann"`` (= ``Neumann(5)``), ``"unrolled"`` (= ``Unrolled()``)."""
+    ``"neumann"`` (= ``Neumann(5)``), ``"unrolled"`` (= ``Unrolled()``).
+
+    Returns:
+      ``backward`` itself if it is a backward object, else the default
+      configuration its (case-insensitive) name selects.
+
+    Raises:
+      ValueError: anything else.
+    """
     if isinstance(backward, JFB | Neumann | IFT | Unrolled):
         return backward
     if isinstance(backward, str) and backward.lower() in _BACKWARD_NAMES:

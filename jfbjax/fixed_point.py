@@ -16,7 +16,13 @@ PyTree = Any
 
 
 class FixedPointError(RuntimeError):
-    """Raised (with ``throw=True``) when a solve does not converge."""
+    """Raised by :func:`fixed_point` with ``throw=True`` when a solve does not converge.
+
+    The message names the status (``MAX_ITER`` or ``NONFINITE``), the first
+    failed sample of a batch, its iteration count and its relative residual.
+    Under ``jit`` it is raised from a host callback, so it reaches the caller
+    wrapped in JAX's runtime error (``jax.errors.JaxRuntimeError``).
+    """
 
 
 def fixed_point(
