@@ -37,7 +37,17 @@ def _all_finite(tree) -> bool:
 
 
 class Checkpoints:
-    """The ``latest`` and ``best`` checkpoints of one run directory."""
+    """The ``latest`` and ``best`` checkpoints of one run directory.
+
+    Args:
+      directory: the ``checkpoints`` folder of a run (created if missing);
+        ``latest/`` and ``best/`` are Orbax managers inside it, each keeping
+        one checkpoint.
+
+    Saving raises ``FloatingPointError`` for a state that holds NaN or inf.
+    Call :meth:`close` when done (it waits for and releases Orbax's
+    resources).
+    """
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = os.path.abspath(os.fspath(directory))
@@ -82,9 +92,11 @@ class Checkpoints:
         self.best.save(step, args=ocp.args.StandardSave(state), metrics={BEST_METRIC: value})
 
     def latest_step(self) -> int | None:
+        """The step of the newest ``latest`` checkpoint, or None if there is none."""
         return self.latest.latest_step()
 
     def best_step(self) -> int | None:
+        """The step of the ``best`` checkpoint (highest ``BEST_METRIC``), or None."""
         return self.best.best_step()
 
     def restore_latest(self, like: TrainState) -> TrainState | None:
@@ -95,6 +107,7 @@ class Checkpoints:
         return self._restore(self.latest, step, like)
 
     def restore_best(self, like: TrainState) -> TrainState | None:
+        """The best checkpoint (highest ``BEST_METRIC``), laid out like ``like``; or None."""
         step = self.best.best_step()
         if step is None:
             return None
@@ -107,5 +120,6 @@ class Checkpoints:
         return TrainState(*restored) if not isinstance(restored, TrainState) else restored
 
     def close(self) -> None:
+        """Closes both Orbax managers; the object must not be used afterwards."""
         self.latest.close()
         self.best.close()

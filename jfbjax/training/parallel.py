@@ -29,7 +29,16 @@ __all__ = ["DataParallel"]
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DataParallel:
-    """A data-parallel layout over ``devices`` (default: all of ``jax.devices()``)."""
+    """A data-parallel layout: a one-axis mesh ``("data",)`` over the devices.
+
+    Build it with :meth:`create`. Batches are placed with their leading axis
+    split over the devices (:attr:`batch`, :meth:`shard_batch`); parameters
+    and optimiser state are copied to every device (:attr:`replicated`,
+    :meth:`replicate`).
+
+    Attributes:
+      mesh: the :class:`jax.sharding.Mesh` with the single axis ``"data"``.
+    """
 
     mesh: Mesh
 
@@ -38,6 +47,11 @@ class DataParallel:
 
     @classmethod
     def create(cls, devices: Sequence[jax.Device] | None = None) -> DataParallel:
+        """The layout over ``devices`` (default: all of ``jax.devices()``, every host).
+
+        Raises:
+          ValueError: an empty device list.
+        """
         devices = list(jax.devices() if devices is None else devices)
         if not devices:
             raise ValueError("DataParallel needs at least one device")
@@ -45,6 +59,7 @@ class DataParallel:
 
     @property
     def num_devices(self) -> int:
+        """The number of devices in the mesh (across all hosts)."""
         return int(self.mesh.devices.size)
 
     @property
@@ -87,5 +102,6 @@ class DataParallel:
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
     def describe(self) -> str:
+        """A short description for logs, e.g. ``"2 x cpu"``."""
         kinds = sorted({d.device_kind for d in self.mesh.devices.flat})
         return f"{self.num_devices} x {'/'.join(kinds)}"
