@@ -53,11 +53,19 @@ class CountingJit:
         return self._jitted(*args)
 
     def lower(self, *args):
+        """``jax.jit(fun).lower(*args)`` (for XLA's cost and memory analysis); not counted."""
         return self._jitted.lower(*args)
 
 
 def mse_loss(x_hat: jax.Array, x: jax.Array) -> jax.Array:
-    """Mean squared error over every pixel of the batch, accumulated in float32."""
+    r"""Mean squared error over every pixel of the batch, accumulated in float32.
+
+    .. math:: \mathrm{MSE} = \frac{1}{N H W C} \sum_{n,h,w,c} (\hat x - x)_{nhwc}^2
+
+    on the [-1, 1] scale (the training loss; the paper's per-image sum of
+    squares is the same up to the constant ``H W C``). Returns a scalar in
+    at least float32.
+    """
     diff = (x_hat - x).astype(jnp.promote_types(x.dtype, jnp.float32))
     return jnp.mean(jnp.square(diff))
 
@@ -178,6 +186,16 @@ def make_eval_step(graphdef: nnx.GraphDef, dp: DataParallel) -> CountingJit:
     """The jitted ``eval_step(params, rest, d) -> (x_hat, info)`` on a sharded batch ``d``.
 
     Each device solves for its own rows (``jax.shard_map``); outputs stay sharded.
+
+    Args:
+      graphdef: the model's graph definition (from :func:`create_train_state`).
+      dp: the device layout; ``d``'s batch size must be a multiple of its
+        device count.
+
+    Returns:
+      A :class:`CountingJit` computing ``model(d)`` for the model rebuilt from
+      ``(graphdef, params, rest)``: the restored batch and its per-sample
+      :class:`jfbjax.SolverInfo`.
     """
     axis = DataParallel.AXIS
 
