@@ -89,6 +89,7 @@ def tikhonov_cg(
     check_nonnegative(weight, "weight")
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
         raise ValueError(f"iters must be an integer >= 0, got {iters!r}")
+    check_nonnegative(tol, "tol")
     dtype = compute_dtype(d.dtype)
     lead, img = d.shape[:-3], d.shape[-3:]
     w = jnp.asarray(weight, dtype)
@@ -137,7 +138,14 @@ def tv_objective(x: jax.Array, d: jax.Array, blur: Blur, weight: float) -> jax.A
     return 0.5 * jnp.sum((blur.apply(x) - d) ** 2) + weight * tv
 
 
-def tv_deblur(d: jax.Array, blur: Blur, weight: float, iters: int = 300) -> jax.Array:
+def tv_deblur(
+    d: jax.Array,
+    blur: Blur,
+    weight: float,
+    iters: int = 300,
+    tol: float = 0.0,
+    return_iterations: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Isotropic total-variation deblurring by a primal-dual method.
 
     .. math:: \min_x\ \tfrac12 \|A x - d\|^2 + w \sum_{i} \|(\nabla x)_i\|_2
@@ -154,15 +162,21 @@ def tv_deblur(d: jax.Array, blur: Blur, weight: float, iters: int = 300) -> jax.
     It converges when ``1/tau - sigma ||grad||^2 > L / 2`` with ``L = ||A||^2``
     the Lipschitz constant of ``grad f`` (Condat 2013, Thm. 3.1). The step
     sizes come from the bounds ``||A|| <= sum |h| = 1`` and ``||grad||^2 <= 8``:
-    ``sigma = 1 / sqrt(8)``, ``tau = 0.99 / (L/2 + sigma * 8)``. Runs ``iters``
-    iterations in a ``lax.fori_loop`` from ``x = d``, ``p = 0``. With ``w = 0``
-    it is gradient descent on the least-squares term (``p`` stays zero).
-    Returns the dtype of ``d`` (computed in at least float32).
+    ``sigma = 1 / sqrt(8)``, ``tau = 0.99 / (L/2 + sigma * 8)``. Starts from
+    ``x = d``, ``p = 0`` and runs in a ``lax.while_loop`` until every image's
+    relative change ``||x^+ - x|| / ||x^+||`` is ``<= tol`` or ``iters``
+    iterations are done (``tol = 0``: exactly ``iters``). With ``w = 0`` it is
+    gradient descent on the least-squares term (``p`` stays zero).
+
+    Returns:
+      ``x`` in the dtype of ``d`` (computed in at least float32), or
+      ``(x, iterations)`` with ``return_iterations=True``.
     """
     d = _input(d)
     check_nonnegative(weight, "weight")
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
         raise ValueError(f"iters must be an integer >= 0, got {iters!r}")
+    check_nonnegative(tol, "tol")
     dtype = compute_dtype(d.dtype)
     lip = blur.norm_bound**2
     sigma = 1.0 / math.sqrt(_GRAD_NORM_SQ)
@@ -173,17 +187,28 @@ def tv_deblur(d: jax.Array, blur: Blur, weight: float, iters: int = 300) -> jax.
     # ball is {0}, which the tiny floor and the final where() make exact.
     w_safe = jnp.maximum(w, jnp.finfo(dtype).tiny)
 
-    def body(_, carry):
-        x, p = carry
+    image_axes = (-3, -2, -1)
+
+    def body(carry):
+        k, x, p, _ = carry
         x_new = x - tau * (blur.adjoint(blur.apply(x) - dd) - _div(p))
         p = p + sigma * _grad(2 * x_new - x)
         norm = jnp.sqrt(jnp.sum(p**2, axis=-1, keepdims=True))
         p = p / jnp.maximum(1.0, norm / w_safe)
-        return x_new, jnp.where(w > 0, p, jnp.zeros_like(p))
+        change = jnp.sqrt(jnp.sum((x_new - x) ** 2, axis=image_axes)) / (
+            jnp.sqrt(jnp.sum(x_new**2, axis=image_axes)) + jnp.finfo(dtype).tiny
+        )
+        return k + 1, x_new, jnp.where(w > 0, p, jnp.zeros_like(p)), jnp.max(change)
+
+    def cond(carry):
+        k, _, _, change = carry
+        return (k < iters) & (change > tol)
 
     p0 = jnp.zeros((*dd.shape, 2), dtype)
-    x, _ = jax.lax.fori_loop(0, iters, body, (dd, p0))
-    return x.astype(d.dtype)
+    init = (jnp.zeros((), jnp.int32), dd, p0, jnp.asarray(jnp.inf, dtype))
+    k, x, _, _ = jax.lax.while_loop(cond, body, init)
+    x = x.astype(d.dtype)
+    return (x, k) if return_iterations else x
 
 
 def tune_weight(

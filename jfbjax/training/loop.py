@@ -198,6 +198,7 @@ def train_and_evaluate(
     batch_hook: BatchHook | None = None,
     progress: bool = True,
     devices: list | None = None,
+    init_hook: Callable[[nnx.Module], None] | None = None,
 ) -> dict:
     """Trains the configured model on the configured data and evaluates it.
 
@@ -213,6 +214,10 @@ def train_and_evaluate(
         training batch before it is sharded (for tests and data debugging).
       progress: show a tqdm progress bar.
       devices: devices to train on (default: all of ``jax.devices()``).
+      init_hook: ``hook(model)`` called on the freshly built model before the
+        optimiser state is created, to change its initial parameters in place
+        (e.g. copy a pretrained regulariser); ignored when resuming, where the
+        checkpoint provides the parameters.
 
     Returns:
       The results dict that is also written to ``workdir/results.json``.
@@ -310,6 +315,8 @@ def train_and_evaluate(
     # ---- model, optimiser, state ----------------------------------------------
     steps = int(config.steps)
     model = build_model(config, blur, nnx.Rngs(int(config.seed)))
+    if init_hook is not None:
+        init_hook(model)
     schedule = make_schedule(config.optim, steps)
     tx = make_optimizer(config.optim, steps)
     graphdef, state = create_train_state(model, tx, train_key)
@@ -340,7 +347,8 @@ def train_and_evaluate(
         return val, test, x_hat
 
     def record_eval(step: int, val: dict, test: dict) -> dict:
-        record = {"step": step}
+        # Seconds spent in training steps so far (compilation included, evaluations not).
+        record = {"step": step, "train_time_s": (compile_s or 0.0) + float(np.sum(step_times))}
         record.update({f"val/{k}": v for k, v in val.items()})
         record.update({f"test/{k}": v for k, v in test.items()})
         log.write(record)

@@ -157,6 +157,22 @@ def test_tv_objective_decreases_with_the_iterations():
     np.testing.assert_array_equal(tv_deblur(d, blur, 0.02, 0), d)  # starts from d
 
 
+def test_tv_stops_at_the_tolerance_and_agrees_with_a_long_run(x64):
+    img, blur = _piecewise_constant(), Blur(5, 1.5, "zero")
+    d = degrade(jax.random.PRNGKey(12), img, blur, 0.05).astype(jnp.float64)
+    long = tv_deblur(d, blur, 0.02, iters=10000)
+    x, k = jax.jit(tv_deblur, static_argnums=(1, 3, 5))(d, blur, 0.02, 10000, 1e-8, True)
+    assert 0 < int(k) < 10000
+    # The rule is on the step size; the distance to the limit is larger by about
+    # 1 / (1 - rate) (measured 3e-5 at tol 1e-8 here), so ask for 1e-4.
+    np.testing.assert_allclose(x, long, atol=1e-4)
+    _, k_loose = tv_deblur(d, blur, 0.02, iters=10000, tol=1e-3, return_iterations=True)
+    assert int(k_loose) < int(k)
+    # tol = 0 runs exactly ``iters`` iterations
+    _, k_all = tv_deblur(d, blur, 0.02, iters=37, return_iterations=True)
+    assert int(k_all) == 37
+
+
 # ------------------------------------------------------------------ validation
 
 
