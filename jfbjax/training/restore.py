@@ -52,7 +52,13 @@ class Run:
 
 
 def blur_from_config(config) -> Blur:
-    """The :class:`Blur` of ``config.blur``."""
+    """The :class:`Blur` of ``config.blur``: a Gaussian kernel of side
+    ``kernel_size`` and standard deviation ``sigma`` (pixels), applied with
+    ``boundary`` padding (``"zero"`` or ``"circular"``).
+
+    Raises:
+      ValueError: an invalid kernel size, sigma or boundary (from :class:`Blur`).
+    """
     return Blur(
         kernel_size=int(config.blur.kernel_size),
         sigma=float(config.blur.sigma),
@@ -68,6 +74,12 @@ def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
         :func:`~jfbjax.training.train_and_evaluate`).
       which: ``"best"`` (highest validation PSNR; falls back to ``"latest"`` if
         no evaluation was checkpointed) or ``"latest"``.
+
+    Returns:
+      A :class:`Run`: the model with the checkpoint's parameters, the run's
+      configuration, blur operator and noise level, the checkpoint's step and
+      which checkpoint was used (``"latest"`` when ``"best"`` was asked for
+      but none exists).
 
     Raises:
       FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.

@@ -93,7 +93,18 @@ def create_train_state(
 ) -> tuple[nnx.GraphDef, TrainState]:
     """Splits ``model`` and initialises the optimiser; returns ``(graphdef, state)``.
 
-    ``key`` is the base noise key, raw uint32 key data (``jax.random.PRNGKey``).
+    Args:
+      model: the NNX module to train; split into its ``nnx.Param`` variables
+        (trained) and everything else (``rest``, e.g. spectral-norm vectors).
+      tx: the optax optimiser (:func:`make_optimizer`), initialised on the params.
+      key: the base noise key, raw uint32 key data (``jax.random.PRNGKey``).
+
+    Returns:
+      ``(graphdef, state)``: the static graph definition and a
+      :class:`TrainState` at step 0.
+
+    Raises:
+      TypeError: ``key`` is not raw uint32 key data (e.g. a typed ``jax.random.key``).
     """
     key = jnp.asarray(key)
     if key.dtype != jnp.uint32 or key.ndim != 1:
@@ -112,5 +123,9 @@ def create_train_state(
 
 
 def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
-    """The NNX module holding the parameters of ``state`` (for inference or saving)."""
+    """The NNX module holding the parameters of ``state`` (for inference or saving).
+
+    ``nnx.merge(graphdef, state.params, state.rest)``: the inverse of the split
+    in :func:`create_train_state`. The module shares ``state``'s arrays.
+    """
     return nnx.merge(graphdef, state.params, state.rest)
