@@ -80,7 +80,13 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class ResultsExistError(FileExistsError):
-    """The output folder already holds a run and ``resume`` was not asked for."""
+    """The output folder already holds a run and ``resume`` was not asked for.
+
+    Raised by :func:`train_and_evaluate` when ``workdir`` contains a
+    ``metrics.jsonl`` or a ``checkpoints/`` folder, so a finished or
+    interrupted run is never overwritten: pass ``resume=True`` (``--resume``)
+    to continue it, or choose a fresh folder.
+    """
 
 
 # --------------------------------------------------------------------------
