@@ -227,6 +227,7 @@ class ArrayBatcher:
 
     @property
     def num_images(self) -> int:
+        """N, the number of training images."""
         return int(self.images.shape[0])
 
     def steps_per_epoch(self, batch_size: int) -> int:

@@ -38,7 +38,13 @@ M = TypeVar("M", bound=nnx.Module)
 
 
 class PowerVector(nnx.Variable):
-    """The fixed start vector of a spectral-norm power iteration (not trained, never updated)."""
+    """The fixed start vector of a spectral-norm power iteration (not trained, never updated).
+
+    A :class:`SpectralConv` holds one of shape ``(c_out,)``, drawn once at
+    construction. Being an ``nnx.Variable`` but not an ``nnx.Param``, it sits
+    in the non-trained part of a split (``rest``), is checkpointed with the
+    model, and is skipped by optimisers that update ``nnx.Param`` only.
+    """
 
 
 def _unit(v: jax.Array) -> jax.Array:
