@@ -15,6 +15,7 @@ from jfbjax.models.dncnn import (
     freeze_spectral_norm,
     spectral_norm_estimate,
 )
+from jfbjax.models.pnp import pnp_pgd
 
 __all__ = [
     "DEGRAD",
@@ -25,6 +26,7 @@ __all__ = [
     "backward_from_config",
     "build_model",
     "freeze_spectral_norm",
+    "pnp_pgd",
     "solver_from_config",
     "spectral_norm_estimate",
 ]
