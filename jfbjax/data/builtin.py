@@ -97,7 +97,12 @@ _LOADERS = {
 
 @functools.cache
 def load_photo(name: str) -> np.ndarray:
-    """The bundled photo ``name`` as a read-only (H, W, 3) uint8 array (cached)."""
+    """The bundled photo ``name`` as a read-only (H, W, 3) uint8 array (cached).
+
+    Grayscale photos are replicated to three channels. Raises ``KeyError`` for
+    a name not in the built-in list and ``RuntimeError`` if scikit-image
+    cannot load the file (it must ship inside the package; nothing is fetched).
+    """
     if name not in _LOADERS:
         raise KeyError(f"unknown built-in photo {name!r}; known: {sorted(_LOADERS)}")
     try:

@@ -50,7 +50,11 @@ _NAME = re.compile(r"^\d{6}\.(jpg|png)$")
 
 @dataclasses.dataclass(frozen=True)
 class FolderSplit:
-    """Inclusive ranges of CelebA file numbers: ``train=(1, 8000)`` is 000001-008000."""
+    """Inclusive ranges of CelebA file numbers: ``train=(1, 8000)`` is 000001-008000.
+
+    Raises ``ValueError`` for an empty or non-positive range, or for train and
+    test ranges that overlap.
+    """
 
     train: tuple[int, int]
     test: tuple[int, int]

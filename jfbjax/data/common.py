@@ -92,7 +92,10 @@ def _check_float_images(x: np.ndarray, image_size: int, what: str) -> None:
 
 
 def check_image_size(image_size: int) -> int:
-    """Returns ``image_size`` as an int after checking that it is a positive integer."""
+    """Returns ``image_size`` as an int after checking that it is a positive integer.
+
+    Raises ``TypeError`` for a non-integer (floats included) and ``ValueError`` for ``< 1``.
+    """
     try:
         size = operator.index(image_size)
     except TypeError:
@@ -134,7 +137,10 @@ def _check_batch_args(step: int, batch_size: int, seed: int) -> tuple[int, int, 
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
-    """Maps uint8 images u to float32 x = u / 127.5 - 1 in [-1, 1]."""
+    """Maps uint8 images u to float32 x = u / 127.5 - 1 in [-1, 1].
+
+    0 maps to -1 and 255 to 1; any shape. Raises ``TypeError`` for another dtype.
+    """
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError(f"expected uint8 images, got dtype {images.dtype}")
@@ -187,7 +193,11 @@ def resize_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def centre_crop_square(image: np.ndarray) -> np.ndarray:
-    """The largest centred square of an (H, W, ...) image (218x178 CelebA -> 178x178)."""
+    """The largest centred square of an (H, W, ...) image (218x178 CelebA -> 178x178).
+
+    Side ``min(H, W)``; an odd surplus leaves the extra row or column at the
+    bottom or right. Returns a view, not a copy.
+    """
     h, w = image.shape[:2]
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
