@@ -278,10 +278,18 @@ class Anderson:
         """Stores ``f(z)`` and ``g = f(z) - z`` in the next slot of the history
         (overwriting the oldest once all ``m`` are full) and updates the Gram
         matrix ``<g_i, g_j>``."""
-        slot = state.count % self.m
+        # The slot is written with a one-hot select, not ``h.at[slot].set(x)``: under
+        # ``vmap`` (one solve per sample) the slot is a batched index and an indexed
+        # write lowers to a scatter, while the select is elementwise, fuses, and
+        # costs the same batched or not (benchmarks/results/backward_cost_cpu.md).
+        hot = jnp.arange(self.m) == state.count % self.m
         g = jax.tree.map(jnp.subtract, fz, z)
-        fs = jax.tree.map(lambda h, x: h.at[slot].set(x), state.fs, fz)
-        gs = jax.tree.map(lambda h, x: h.at[slot].set(x), state.gs, g)
+
+        def put(h, x):
+            return jnp.where(hot.reshape((self.m,) + (1,) * x.ndim), x[None], h)
+
+        fs = jax.tree.map(put, state.fs, fz)
+        gs = jax.tree.map(put, state.gs, g)
 
         def row_part(h, x):
             a = acc_dtype(x.dtype)
@@ -290,7 +298,8 @@ class Anderson:
 
         parts = jax.tree.leaves(jax.tree.map(row_part, gs, g))
         row = sum(parts[1:], parts[0]).astype(state.gram.dtype)
-        gram = state.gram.at[slot, :].set(row).at[:, slot].set(row)
+        gram = jnp.where(hot[:, None], row[None, :], state.gram)
+        gram = jnp.where(hot[None, :], row[:, None], gram)
         return AndersonState(fs, gs, gram, state.count + 1)
 
 
