@@ -44,8 +44,10 @@ def time_call(fn: Callable, *args: Any, repeats: int = 5, warmup: int = 1) -> di
 def compiled_memory(jitted: Any, *args: Any) -> dict[str, int | None]:
     """XLA's memory analysis of ``jitted`` compiled for ``args``.
 
-    ``jitted`` is a ``jax.jit``-wrapped function (or anything with
-    ``.lower(*args)``). The peak estimate is
+    ``jitted`` is a ``jax.jit``-wrapped function (anything with
+    ``.lower(*args)``), or an already compiled executable (``args`` are then
+    ignored), so a caller can time and analyse one compilation. The peak
+    estimate is
     ``arguments + outputs + temporaries - aliased`` bytes: what the
     executable needs at once, excluding the runtime's own overhead. Fields
     are ``None`` where the backend gives no analysis.
@@ -54,7 +56,7 @@ def compiled_memory(jitted: Any, *args: Any) -> dict[str, int | None]:
       ``{"argument_bytes", "output_bytes", "temp_bytes", "alias_bytes",
       "generated_code_bytes", "peak_bytes"}``.
     """
-    compiled = jitted.lower(*args).compile()
+    compiled = jitted if hasattr(jitted, "memory_analysis") else jitted.lower(*args).compile()
     analysis = compiled.memory_analysis()
     keys = ("argument", "output", "temp", "alias", "generated_code")
     if analysis is None:
