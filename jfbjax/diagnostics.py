@@ -22,12 +22,25 @@ def contraction_estimate(
 ) -> jax.Array:
     r"""Estimate the spectral norm ``||df/dz||_2`` at ``z`` by power iteration.
 
-    Runs ``iters`` steps of ``w <- J^T J w / ||J^T J w||`` with one JVP and
-    one VJP per step (no Jacobian is formed) and returns
-    ``sqrt(w^T J^T J w)``, a lower bound on the Lipschitz constant of ``f``
-    in ``z`` near ``z`` that converges to ``||J||_2``. A value below 1 says the
-    map contracts locally, the regime in which the solvers converge linearly
-    and JFB is a descent direction.
+    With :math:`J = \partial f / \partial z` at ``z``, runs ``iters`` steps of
+
+    .. math:: w \leftarrow J^T J w / \|J^T J w\|
+
+    with one JVP and one VJP per step (no Jacobian is formed) and returns
+    :math:`\|J w\|`, a lower bound on :math:`\|J\|_2` (the local Lipschitz
+    constant of ``f`` in ``z``) that converges to it as ``iters`` grows. A
+    value below 1 says the map contracts locally, the regime in which the
+    solvers converge linearly and JFB is a descent direction.
+
+    Args:
+      f: the map ``f(z, *args)``, returning a pytree shaped like ``z``.
+      z: the point at which ``f`` is linearised (e.g. the fixed point).
+      *args: further arguments of ``f`` (held fixed).
+      iters: number of power-iteration steps.
+      key: PRNG key of the random start vector (default ``PRNGKey(0)``).
+
+    Returns:
+      A float scalar (at least float32).
     """
     fz, vjp = jax.vjp(lambda w: f(w, *args), z)
     del fz
@@ -55,10 +68,19 @@ def contraction_estimate(
 
 
 def gradient_alignment(g1: PyTree, g2: PyTree) -> jax.Array:
-    """Cosine similarity ``<g1, g2> / (||g1|| ||g2||)`` of two gradient pytrees.
+    r"""Cosine similarity of two gradient pytrees, all leaves joined into one vector:
+
+    .. math:: \cos(g_1, g_2) = \frac{\langle g_1, g_2 \rangle}{\|g_1\| \, \|g_2\|}
+              \in [-1, 1].
 
     Positive means ``g1`` (e.g. the JFB gradient) is a descent direction for
     the loss whose true gradient is ``g2`` (e.g. the IFT gradient).
+
+    Args:
+      g1, g2: pytrees of the same structure and shapes.
+
+    Returns:
+      A float scalar (at least float32); NaN if either gradient is zero.
     """
     return tree_vdot(g1, g2) / (tree_norm(g1) * tree_norm(g2))
 
@@ -66,10 +88,23 @@ def gradient_alignment(g1: PyTree, g2: PyTree) -> jax.Array:
 def residual_trace(
     f: Callable[..., PyTree], z0: PyTree, *args: PyTree, solver: str | Solver = "anderson"
 ) -> tuple[PyTree, jax.Array]:
-    """Run ``solver`` and return ``(z, residuals)``, the relative residual
-    ``||f(z_k) - z_k|| / (||f(z_k)|| + 1e-8)`` after each of its ``max_iter``
-    steps (entries after the solve stopped repeat the final value). For plots
-    of convergence; not for training (it always allocates ``max_iter`` steps).
+    r"""Run ``solver`` and return ``(z, residuals)``, the relative residual
+
+    .. math:: r_k = \frac{\|f(z_k) - z_k\|}{\|f(z_k)\| + 10^{-8}}
+
+    after each of its ``max_iter`` steps (entries after the solve stopped
+    repeat the final value). For plots of convergence; not for training (it
+    always allocates ``max_iter`` steps). Use ``tol=0`` in ``solver`` to
+    trace every step without stopping.
+
+    Args:
+      f: the map ``f(z, *args)``.
+      z0: the start point (gradients do not flow into it).
+      *args: further arguments of ``f``.
+      solver: a :class:`~jfbjax.Picard` or :class:`~jfbjax.Anderson`, or its name.
+
+    Returns:
+      ``(z, residuals)``: the final iterate and a ``(max_iter,)`` array.
     """
     solver = as_solver(solver)
     z, _, residuals = iterate(

@@ -62,10 +62,25 @@ def _prepare(x, y) -> tuple[jax.Array, jax.Array, tuple[int, ...]]:
 
 @functools.partial(jax.jit, static_argnames="convention")
 def psnr(x: jax.Array, y: jax.Array, convention: str = "standard") -> jax.Array:
-    """PSNR in dB of each image of ``y`` against ``x`` (symmetric) under ``convention``.
+    r"""PSNR in dB of each image of ``y`` against ``x`` (symmetric) under ``convention``.
 
-    Returns an array of the leading (batch) shape: ``(N,)`` for (N, H, W, C)
-    input, a scalar for one (H, W, C) image. Identical images give ``inf``.
+    .. math:: \mathrm{PSNR}_{standard} = 10 \log_{10} \frac{1}{\mathrm{MSE}_{[0,1]}},
+              \qquad
+              \mathrm{PSNR}_{paper} = -10 \log_{10} \mathrm{MSE}_{[-1,1]}
+              = \mathrm{PSNR}_{standard} - 6.02,
+
+    with the MSE over the H, W, C axes of each image (see the module docstring).
+
+    Args:
+      x, y: images (..., H, W, C) on the [-1, 1] scale, of equal shapes.
+      convention: ``"standard"`` or ``"paper"``.
+
+    Returns:
+      An array of the leading (batch) shape: ``(N,)`` for (N, H, W, C) input,
+      a scalar for one (H, W, C) image. Identical images give ``inf``.
+
+    Raises:
+      ValueError: an unknown convention or mismatched shapes.
     """
     _check_convention(convention)
     a, b, lead = _prepare(x, y)
@@ -79,6 +94,15 @@ def psnr(x: jax.Array, y: jax.Array, convention: str = "standard") -> jax.Array:
 @functools.partial(jax.jit, static_argnames="convention")
 def ssim(x: jax.Array, y: jax.Array, convention: str = "standard") -> jax.Array:
     """SSIM of each image (mean over pixels and channels) under ``convention``.
+
+    ``"standard"``: SSIM of the images mapped to [0, 1] with ``max_val=1``;
+    ``"paper"``: on the [-1, 1] data with ``max_val=2``. An 11x11 Gaussian
+    window of standard deviation 1.5 (dm-pix's defaults; see the module
+    docstring).
+
+    Args:
+      x, y: images (..., H, W, C) on the [-1, 1] scale, of equal shapes.
+      convention: ``"standard"`` or ``"paper"``.
 
     Returns an array of the leading (batch) shape; identical images give 1.
 

@@ -26,6 +26,18 @@ def score(x_true: np.ndarray, x_hat: np.ndarray) -> dict[str, float]:
 
     Also ``nonfinite_images``: how many reconstructions hold NaN or inf (their
     metrics, and so the means, are then NaN).
+
+    Args:
+      x_true: clean images (N, H, W, C) on the [-1, 1] scale.
+      x_hat: reconstructions of the same shape.
+
+    Returns:
+      The dict of :func:`jfbjax.imaging.evaluate` (``psnr_standard``,
+      ``psnr_paper``, ``ssim_standard``, ``ssim_paper`` and their ``_std``)
+      plus ``nonfinite_images``.
+
+    Raises:
+      ValueError: the shapes differ.
     """
     x_hat = np.asarray(x_hat, np.float32)
     if x_hat.shape != x_true.shape:
@@ -41,7 +53,20 @@ def predict(eval_step, params, rest, d: np.ndarray, batch_size: int, dp: DataPar
 
     The last batch is padded (with copies of the last image) to the full
     batch size, so that the step is compiled once; padded outputs are dropped.
-    Returns ``(x_hat, iterations, status)`` as numpy arrays of length ``len(d)``.
+
+    Args:
+      eval_step: ``eval_step(params, rest, d) -> (x_hat, info)``, from
+        :func:`~jfbjax.training.make_eval_step`.
+      params, rest: the model's state (replicated).
+      d: degraded images (N, H, W, C).
+      batch_size: images per call; a multiple of the device count.
+      dp: the device layout.
+
+    Returns:
+      ``(x_hat, iterations, status)`` as numpy arrays of length ``len(d)``.
+
+    Raises:
+      ValueError: a batch size the devices do not divide.
     """
     dp.check_batch_size(batch_size, "eval_batch_size")
     n = len(d)
@@ -63,6 +88,9 @@ def score_model(
     eval_step, params, rest, d: np.ndarray, x_true: np.ndarray, batch_size: int, dp: DataParallel
 ) -> tuple[dict[str, float], np.ndarray]:
     """Metrics of the model on ``(d, x_true)`` plus its solver statistics.
+
+    Runs :func:`predict` and scores the result with :func:`score`; the
+    arguments are theirs (``x_true``: the clean images matching ``d``).
 
     Returns ``(metrics, x_hat)``; ``metrics`` adds to :func:`score`'s keys
     ``mean_iterations``, ``max_iterations`` and ``fraction_converged`` (share
