@@ -210,6 +210,9 @@ def solver_from_config(cfg) -> Solver:
 
     ``name="anderson"`` uses ``m, beta, ridge, tol, max_iter``;
     ``name="picard"`` uses ``tol, max_iter`` and ``beta`` as the damping.
+
+    Raises:
+      ValueError: another ``name``, or invalid solver settings.
     """
     if cfg.name == "anderson":
         return jfbjax.Anderson(
@@ -231,6 +234,9 @@ def backward_from_config(cfg) -> Backward:
 
     ``"jfb"``; ``"ift"`` with ``adjoint_solver`` (anderson, picard, gmres),
     ``tol`` and ``max_iter``; ``"neumann"`` with ``k`` terms; ``"unrolled"``.
+
+    Raises:
+      ValueError: another ``name``, or invalid settings of the mode.
     """
     if cfg.name == "jfb":
         return jfbjax.JFB()
@@ -251,6 +257,17 @@ def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
     ``channels`` (default 3) and ``learn_eta`` (default True). For "degrad"
     the solver and backward mode come from ``config.solver`` and
     ``config.backward`` (:func:`solver_from_config`, :func:`backward_from_config`).
+
+    Args:
+      config: a full configuration (``experiments.configs.get_config``).
+      blur: the forward operator ``A``.
+      rngs: the random streams that initialise the DnCNN.
+
+    Returns:
+      A :class:`DEGRAD` or :class:`FeedForward` model.
+
+    Raises:
+      ValueError: an unknown ``model.kind``, solver or backward name.
     """
     m = config.model
     if m.kind not in ("degrad", "feedforward"):
