@@ -24,7 +24,9 @@ location, or None), ``image_size``, ``n_train`` / ``n_val`` / ``n_test``
 ``model``: ``kind`` (degrad|feedforward), ``depth`` and ``features`` of the
 DnCNN regulariser, ``spectral_norm``, ``eta_init`` (initial step size of the
 DE-GRAD map), ``learn_eta`` (train eta or keep it fixed), ``clamp`` (clip
-the map's output to [-1, 1]).
+the map's output to [-1, 1]), ``dtype`` (compute dtype of the DnCNN's
+convolutions: float32 | bfloat16, mixed precision with float32 accumulation;
+the solver state and norms stay float32).
 ``solver``: forward fixed-point solver: ``name`` (anderson|picard), ``m``
 (Anderson memory), ``beta`` (mixing / damping), ``ridge`` (Anderson
 regularisation), ``tol`` (relative residual), ``max_iter``.
@@ -79,6 +81,7 @@ def _base() -> ml_collections.ConfigDict:
     c.model.eta_init = 1.0
     c.model.learn_eta = True
     c.model.clamp = False
+    c.model.dtype = "float32"
 
     c.solver = ml_collections.ConfigDict()
     c.solver.name = "anderson"

@@ -13,6 +13,12 @@ public code has that defect.
 
 Optionally each convolution is spectrally normalised (:class:`SpectralConv`)
 to help keep the DE-GRAD map contractive.
+
+Mixed precision: with ``dtype="bfloat16"`` every convolution casts its input
+and its (normalised) kernel to bfloat16 and accumulates into a float32
+output (``preferred_element_type``); biases, ReLUs, the spectral norm's power
+iteration and everything outside ``R`` (the DE-GRAD iterate, the solver
+state, norms) stay float32. Parameters are stored in float32 either way.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
 __all__ = [
+    "COMPUTE_DTYPES",
     "DnCNN",
     "PowerVector",
     "SpectralConv",
@@ -35,6 +42,16 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=nnx.Module)
+
+#: Convolution compute dtypes accepted by :class:`DnCNN` and :class:`SpectralConv`.
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _compute_dtype(dtype) -> jnp.dtype:
+    name = jnp.dtype(dtype).name
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+    return jnp.dtype(name)
 
 
 class PowerVector(nnx.Variable):
@@ -118,6 +135,10 @@ class SpectralConv(nnx.Module):
       squarings: matrix squarings of the power iteration (``2^squarings``
         power steps; 8 is accurate to better than 0.1% on random 64-channel
         kernels and costs 8 (c_out x c_out) matrix products per call).
+      dtype: compute dtype of the convolution (``"float32"``, the default, or
+        ``"bfloat16"`` / ``"float16"``: input and normalised kernel cast to it,
+        float32 accumulation and output). The kernel is stored, and the
+        spectral norm computed, in float32 either way.
       rngs: ``rngs.params()`` initialises the kernel (LeCun normal, as
         ``nnx.Conv``) and the start vector; the bias starts at zero.
     """
@@ -129,8 +150,10 @@ class SpectralConv(nnx.Module):
         kernel_size: tuple[int, int] = (3, 3),
         *,
         squarings: int = 8,
+        dtype: str | jnp.dtype = "float32",
         rngs: nnx.Rngs,
     ):
+        self.dtype = _compute_dtype(dtype)
         if squarings < 0:
             raise ValueError(f"squarings must be >= 0, got {squarings}")
         shape = (*kernel_size, c_in, c_out)
@@ -157,8 +180,17 @@ class SpectralConv(nnx.Module):
         """``(N, H, W, c_in)`` or ``(H, W, c_in)`` to the same layout with ``c_out`` channels."""
         batched = x if x.ndim == 4 else x[None]
         batched, kernel, bias = promote_dtype((batched, self.normalised_kernel(), self.bias[...]))
+        out_dtype = None
+        if self.dtype != jnp.float32:  # low-precision inputs, float32 (or wider) accumulation
+            out_dtype = batched.dtype
+            batched, kernel = batched.astype(self.dtype), kernel.astype(self.dtype)
         y = jax.lax.conv_general_dilated(
-            batched, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            batched,
+            kernel,
+            (1, 1),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            preferred_element_type=out_dtype,
         )
         y = y + bias
         return y if x.ndim == 4 else y[0]
@@ -202,6 +234,10 @@ class DnCNN(nnx.Module):
       depth: number of convolutions (>= 2).
       features: channels of the hidden layers.
       spectral_norm: use :class:`SpectralConv` layers.
+      dtype: compute dtype of the convolutions: ``"float32"`` (default) or
+        ``"bfloat16"`` (mixed precision: inputs and kernels cast to bfloat16,
+        float32 accumulation and output; see the module docstring).
+        ``"float16"`` is accepted too. Parameters stay float32.
       rngs: initialisation keys.
 
     Input and output: ``(N, H, W, C)`` or ``(H, W, C)`` images, same shape.
@@ -214,8 +250,10 @@ class DnCNN(nnx.Module):
         features: int = 64,
         *,
         spectral_norm: bool = False,
+        dtype: str | jnp.dtype = "float32",
         rngs: nnx.Rngs,
     ):
+        dtype = _compute_dtype(dtype)
         for name, value, low in (("channels", channels, 1), ("depth", depth, 2)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"DnCNN {name} must be an integer >= {low}, got {value!r}")
@@ -223,10 +261,20 @@ class DnCNN(nnx.Module):
             raise ValueError(f"DnCNN features must be an integer >= 1, got {features!r}")
         sizes = [channels] + [features] * (depth - 1) + [channels]
 
+        low = dtype != jnp.float32
+
         def conv(c_in: int, c_out: int) -> nnx.Module:
             if spectral_norm:
-                return SpectralConv(c_in, c_out, rngs=rngs)
-            return nnx.Conv(c_in, c_out, (3, 3), padding="SAME", rngs=rngs)
+                return SpectralConv(c_in, c_out, dtype=dtype, rngs=rngs)
+            return nnx.Conv(
+                c_in,
+                c_out,
+                (3, 3),
+                padding="SAME",
+                dtype=dtype if low else None,
+                preferred_element_type=jnp.float32 if low else None,
+                rngs=rngs,
+            )
 
         self.layers = nnx.List([conv(a, b) for a, b in itertools.pairwise(sizes)])
         last = self.layers[-1]
@@ -234,6 +282,7 @@ class DnCNN(nnx.Module):
         last.bias[...] = jnp.zeros_like(last.bias[...])
         self.channels = channels
         self.spectral_norm = spectral_norm
+        self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim not in (3, 4) or x.shape[-1] != self.channels:

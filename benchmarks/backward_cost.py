@@ -1,0 +1,819 @@
+"""Cost of one DE-GRAD training step by backward mode: time and peak memory
+against the forward iteration count and against the image size.
+
+Usage::
+
+    python -m benchmarks.backward_cost                  # cpu preset (a few minutes, 2 cores)
+    python -m benchmarks.backward_cost --quick --out /tmp/bench   # tiny sizes (the tests)
+    python -m benchmarks.backward_cost --preset paper   # GPU: 17x64 DnCNN, batch 32, 128x128
+
+writes ``benchmarks/results/backward_cost_<machine>.{md,json,png}`` with
+``<machine>`` = ``cpu`` or e.g. ``gpu_h200`` (from ``jax.devices()[0].device_kind``).
+
+What one measurement is: the jitted, compiled training step of
+:func:`jfbjax.training.make_train_step` (noise draw, the per-sample
+fixed-point solve, the backward mode, gradient clipping and the Adam update;
+the state is donated, as in training) on the DE-GRAD map with the preset's
+spectrally normalised DnCNN regulariser. The forward solver is Anderson
+(m=5) with ``tol=0``, so it runs exactly ``max_iter`` iterations in every
+mode and the modes differ only in their backward:
+
+* ``jfb``: JFB, one VJP of T;
+* ``ift_anderson`` / ``ift_gmres``: IFT with the preset's adjoint tolerance
+  and iteration cap (``config.backward.tol``, ``max_iter``; GMRES: restarts of 20);
+* ``neumann5``: the truncated Neumann series with 5 terms;
+* ``unrolled``: backpropagation through the forward iterations (a scan).
+
+Beside the step: the forward solve alone (:func:`make_eval_step`) and one VJP
+of T with respect to the parameters at the fixed point, once on the whole
+batch (the algorithmic minimum of a JFB backward) and once per sample under
+``vmap`` (what ``fixed_point``'s backward does inside DE-GRAD's per-sample
+``vmap``: per-sample parameter cotangents, summed afterwards), so the ratio
+``JFB step / (forward + one VJP)`` can be read off.
+
+Times: :func:`jfbjax.training.profiling.time_call` (median of ``--repeat``
+calls after one warm-up call; compilation is excluded and reported apart).
+Memory: XLA's memory analysis of the compiled executable
+(:func:`jfbjax.training.profiling.compiled_memory`, deterministic), and on a
+GPU the device's peak-bytes counter (a running maximum over the process, so
+only its growth between rows means anything).
+
+The model is the preset's (``experiments.configs``), warmed by
+a few JFB steps (Adam at 1e-3, the preset's solver) so that the regulariser
+is not the zero map it starts as. The batch is random, which changes nothing in
+fixed-iteration costs (IFT's adjoint iterations do depend on the map).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import jfbjax
+from experiments.configs import get_config
+from jfbjax.imaging.noise import degrade
+from jfbjax.models import DEGRAD, DnCNN, freeze_spectral_norm
+from jfbjax.training import (
+    DataParallel,
+    TrainState,
+    blur_from_config,
+    create_train_state,
+    make_eval_step,
+    make_optimizer,
+    make_train_step,
+)
+from jfbjax.training.profiling import compiled_memory, device_peak_bytes, time_call
+
+MODES = ("jfb", "ift_anderson", "ift_gmres", "neumann5", "unrolled")
+
+#: Settings of the presets. ``iters``: forward iteration counts of the
+#: iteration sweep (at ``image_size``); ``sizes``: image sizes of the size
+#: sweep (at ``size_iters`` iterations, modes ``size_modes``; on the CPU the
+#: size sweep leaves out GMRES and Neumann, which the iteration sweep covers).
+PRESETS = {
+    "cpu": dict(
+        config="cpu",
+        batch=4,
+        image_size=32,
+        iters=(10, 25, 50, 100, 200),
+        sizes=(16, 32, 64, 96, 128),
+        size_iters=10,
+        size_modes=("jfb", "ift_anderson", "unrolled"),
+        repeat=3,
+        warm_steps=10,
+    ),
+    "paper": dict(
+        config="paper",
+        batch=32,
+        image_size=128,
+        iters=(10, 25, 50, 100, 200),
+        sizes=(16, 32, 64, 96, 128),
+        size_iters=50,
+        size_modes=MODES,
+        repeat=5,
+        warm_steps=5,
+    ),
+}
+QUICK = dict(
+    size_modes=("jfb", "unrolled"),
+    depth=3,
+    features=8,
+    batch=2,
+    image_size=16,
+    iters=(5, 10, 20),
+    sizes=(8, 16),
+    size_iters=5,
+    repeat=1,
+    warm_steps=1,
+)
+
+
+def machine_name() -> str:
+    """``cpu``, or ``gpu_<kind>`` from the first device's kind (``NVIDIA H200`` -> ``gpu_h200``)."""
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return "cpu"
+    kind = dev.device_kind.lower().replace("nvidia", "").strip()
+    return f"{dev.platform}_" + "_".join(kind.split()).replace("-", "_")
+
+
+def backward_mode(name: str, config) -> jfbjax.JFB | jfbjax.IFT | jfbjax.Neumann | jfbjax.Unrolled:
+    b = config.backward
+    if name == "jfb":
+        return jfbjax.JFB()
+    if name == "ift_anderson":
+        return jfbjax.IFT("anderson", tol=float(b.tol), max_iter=int(b.max_iter))
+    if name == "ift_gmres":
+        return jfbjax.IFT("gmres", tol=float(b.tol), max_iter=int(b.max_iter))
+    if name.startswith("neumann"):
+        return jfbjax.Neumann(int(name[len("neumann") :]))
+    if name == "unrolled":
+        return jfbjax.Unrolled()
+    raise ValueError(f"unknown mode {name!r}; choose from {MODES}")
+
+
+def fixed_solver(config, iters: int) -> jfbjax.Anderson:
+    """The preset's Anderson solver with ``tol=0``: exactly ``iters`` iterations."""
+    s = config.solver
+    return jfbjax.Anderson(
+        m=int(s.m), beta=float(s.beta), ridge=float(s.ridge), tol=0.0, max_iter=int(iters)
+    )
+
+
+def build(config, blur, dtype: str = "float32", seed: int = 0) -> DEGRAD:
+    """DE-GRAD with the preset's DnCNN (as ``build_model``, plus the compute ``dtype``)."""
+    m = config.model
+    rngs = nnx.Rngs(seed)
+    reg = DnCNN(
+        int(m.get("channels", 3)),
+        int(m.depth),
+        int(m.features),
+        spectral_norm=bool(m.spectral_norm),
+        dtype=dtype,
+        rngs=rngs,
+    )
+    s = config.solver
+    solver = jfbjax.Anderson(
+        m=int(s.m),
+        beta=float(s.beta),
+        ridge=float(s.ridge),
+        tol=float(s.tol),
+        max_iter=int(s.max_iter),
+    )
+    return DEGRAD(
+        blur,
+        reg,
+        eta_init=float(m.eta_init),
+        clamp=bool(m.clamp),
+        learn_eta=bool(m.get("learn_eta", True)),
+        solver=solver,
+        backward="jfb",
+    )
+
+
+def images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Smooth random images on [-1, 1], (n, size, size, 3) float32."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(-1, 1, (n, max(size // 4, 1), max(size // 4, 1), 3))
+    x = np.repeat(np.repeat(coarse, 4, axis=1), 4, axis=2)[:, :size, :size]
+    if x.shape[1] < size:
+        x = np.resize(x, (n, size, size, 3))
+    return (0.8 * x).astype(np.float32)
+
+
+def _copy(tree):
+    return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
+
+
+def _memory(compiled) -> dict:
+    try:
+        return compiled_memory(compiled)  # accepts a compiled executable in newer versions
+    except AttributeError:
+        analysis = compiled.memory_analysis()
+        keys = ("argument", "output", "temp", "alias", "generated_code")
+        out = {f"{k}_bytes": int(getattr(analysis, f"{k}_size_in_bytes")) for k in keys}
+        out["peak_bytes"] = (
+            out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
+        )
+        return out
+
+
+class Bench:
+    """One model (warmed), its optimiser and the jitted pieces, for one preset."""
+
+    def __init__(
+        self,
+        config,
+        batch: int,
+        dtype: str = "float32",
+        repeat: int = 3,
+        warm_steps: int = 5,
+        image_size: int = 32,
+    ):
+        self.config = config
+        self.batch = batch
+        self.repeat = repeat
+        self.blur = blur_from_config(config)
+        self.noise_std = float(config.noise_std)
+        self.dp = DataParallel.create()
+        self.tx = make_optimizer(config.optim, max(int(config.steps), 1))
+        self.model = build(config, self.blur, dtype)
+        graphdef, state = create_train_state(self.model, self.tx, jax.random.PRNGKey(0))
+        self.state = self.dp.replicate(state)
+        if warm_steps:  # Adam at 1e-3 with the preset's solver: R is no longer the zero map
+            warm_tx = optax.adam(1e-3)
+            step = make_train_step(graphdef, warm_tx, self.blur, self.noise_std, self.dp)
+            warm = self.state._replace(opt_state=warm_tx.init(self.state.params))
+            clean = self.dp.shard_batch(images(batch, image_size, seed=1))
+            for _ in range(warm_steps):
+                warm, _ = step(warm, clean)
+            self.state = self.dp.replicate(
+                TrainState(
+                    step=jnp.zeros((), jnp.int32),
+                    params=warm.params,
+                    rest=warm.rest,
+                    opt_state=self.tx.init(warm.params),
+                    key=warm.key,
+                )
+            )
+
+    def _graphdef(self, solver, backward):
+        return nnx.split(self.model.with_solver(solver, backward), nnx.Param, ...)[0]
+
+    def train_step(self, mode: str, iters: int, size: int) -> dict:
+        """Time and memory of one training step."""
+        graphdef = self._graphdef(
+            fixed_solver(self.config, iters), backward_mode(mode, self.config)
+        )
+        step = make_train_step(graphdef, self.tx, self.blur, self.noise_std, self.dp)
+        clean = self.dp.shard_batch(images(self.batch, size, seed=2))
+        state = _copy(self.state)
+        t0 = time.perf_counter()
+        compiled = step.lower(state, clean).compile()
+        compile_s = time.perf_counter() - t0
+        mem = _memory(compiled)
+        holder = {"state": state}
+        metrics = {}
+
+        def one():
+            holder["state"], m = compiled(holder["state"], clean)
+            metrics.update(m)
+            return m
+
+        t = time_call(one, repeats=self.repeat)
+        return {
+            "step_ms": 1e3 * t["median_s"],
+            "step_min_ms": 1e3 * t["min_s"],
+            "compile_s": compile_s,
+            "step_peak_bytes": mem["peak_bytes"],
+            "step_temp_bytes": mem["temp_bytes"],
+            "device_peak_bytes": device_peak_bytes(),
+            "finite": float(metrics["finite"]),
+            "mean_iterations": float(metrics["iterations"]),
+        }
+
+    def _params(self):
+        return self.state.params, self.state.rest
+
+    def _d(self, size: int) -> jax.Array:
+        clean = jnp.asarray(images(self.batch, size, seed=2))
+        return degrade(jax.random.PRNGKey(3), clean, self.blur, self.noise_std), clean
+
+    def forward_and_vjp(self, iters: int, size: int) -> dict:
+        """The forward solve alone and one VJP of T (batched and per sample)."""
+        graphdef = self._graphdef(fixed_solver(self.config, iters), jfbjax.JFB())
+        params, rest = self._params()
+        d, clean = self._d(size)
+        d = self.dp.shard_batch(np.asarray(d))
+        fwd = make_eval_step(graphdef, self.dp).lower(params, rest, d).compile()
+        fwd_mem = _memory(fwd)
+        t_fwd = time_call(fwd, params, rest, d, repeats=self.repeat)
+        x_star, _ = fwd(params, rest, d)
+        u = 2.0 * (x_star - clean) / x_star.size  # dl/dx* of the MSE loss
+
+        def t_of(params, x, d):
+            model = freeze_spectral_norm(nnx.merge(graphdef, params, rest))
+            return model.step(x, d)
+
+        @jax.jit
+        def vjp_batch(params, x, d, u):
+            return jax.vjp(lambda p: t_of(p, x, d), params)[1](u)[0]
+
+        @jax.jit
+        def vjp_vmap(params, x, d, u):
+            model = freeze_spectral_norm(nnx.merge(graphdef, params, rest))
+            gd, frozen, fr_rest = nnx.split(model, nnx.Param, ...)
+
+            def one(x, d, u):
+                step = lambda p: nnx.merge(gd, p, fr_rest).step(x, d)
+                return jax.vjp(step, frozen)[1](u)[0]
+
+            per_sample = jax.vmap(one)(x, d, u)
+            return jax.tree.map(lambda g: jnp.sum(g, axis=0), per_sample)
+
+        t_vb = time_call(vjp_batch, params, x_star, d, u, repeats=self.repeat)
+        t_vv = time_call(vjp_vmap, params, x_star, d, u, repeats=self.repeat)
+        return {
+            "fwd_ms": 1e3 * t_fwd["median_s"],
+            "fwd_peak_bytes": fwd_mem["peak_bytes"],
+            "vjp_ms": 1e3 * t_vb["median_s"],
+            "vjp_vmap_ms": 1e3 * t_vv["median_s"],
+        }
+
+    def adjoint_iterations(self, iters: int, size: int) -> float | None:
+        """Mean iterations of IFT's Anderson adjoint solve at this point (a host callback)."""
+        found = []
+        mode = backward_mode("ift_anderson", self.config)
+        solver = fixed_solver(self.config, iters)
+        params, rest = self._params()
+        graphdef = self._graphdef(solver, mode)
+        d, clean = self._d(size)
+
+        def loss(params):
+            model = freeze_spectral_norm(nnx.merge(graphdef, params, rest))
+            gd, p, r = nnx.split(model, nnx.Param, ...)
+
+            def T(x, p, d):
+                return nnx.merge(gd, p, r).step(x, d)
+
+            def one(x0, d):
+                return jfbjax.fixed_point(
+                    T,
+                    x0,
+                    p,
+                    d,
+                    solver=solver,
+                    backward=mode,
+                    backward_callback=lambda info: found.append(info),
+                )[0]
+
+            x = jax.vmap(one)(model.start(d), d)
+            return jnp.mean((x - clean) ** 2)
+
+        jax.block_until_ready(jax.jit(jax.grad(loss))(params))
+        if not found:
+            return None
+        return float(np.mean([np.mean(np.asarray(i.iterations)) for i in found]))
+
+
+# ---------------------------------------------------------------- Anderson history write
+
+
+class ScatterAnderson(jfbjax.Anderson):
+    """Anderson as before the one-hot write: ``h.at[slot].set(x)`` (a scatter under vmap)."""
+
+    def record(self, state, z, fz):
+        from jfbjax.solvers import AndersonState, acc_dtype
+
+        slot = state.count % self.m
+        g = jax.tree.map(jnp.subtract, fz, z)
+        fs = jax.tree.map(lambda h, x: h.at[slot].set(x), state.fs, fz)
+        gs = jax.tree.map(lambda h, x: h.at[slot].set(x), state.gs, g)
+
+        def row_part(h, x):
+            a = acc_dtype(x.dtype)
+            return h.reshape(self.m, -1).astype(a) @ x.reshape(-1).astype(a)
+
+        parts = jax.tree.leaves(jax.tree.map(row_part, gs, g))
+        row = sum(parts[1:], parts[0]).astype(state.gram.dtype)
+        gram = state.gram.at[slot, :].set(row).at[:, slot].set(row)
+        return AndersonState(fs, gs, gram, state.count + 1)
+
+
+def anderson_write(quick: bool, repeat: int) -> dict:
+    """Anderson forward time, scatter write vs one-hot write, on benchmarks.solvers' conv map.
+
+    Both variants and Picard run interleaved (round robin) so that a loaded
+    machine slows them alike; the minimum over rounds is reported too.
+    """
+    from benchmarks.solvers import conv_problem, jfbjax_solve
+
+    size, batch = (16, 2) if quick else (64, 8)
+    f, params, x, z0 = conv_problem(size, batch, jax.random.PRNGKey(0))
+    rows = []
+    for tol, iters in ((1e-4, 400), (0.0, 20)):
+        fns = {
+            "picard": jfbjax.Picard(tol=tol, max_iter=iters),
+            "anderson_scatter": ScatterAnderson(m=5, tol=tol, max_iter=iters),
+            "anderson_onehot": jfbjax.Anderson(m=5, tol=tol, max_iter=iters),
+        }
+        fns = {k: jax.jit(jfbjax_solve(f, s, "jfb")) for k, s in fns.items()}
+        hlo = {k: fn.lower(params, x, z0).compile().as_text() for k, fn in fns.items()}
+        its = {}
+        for k, fn in fns.items():
+            its[k] = float(jnp.mean(jax.block_until_ready(fn(params, x, z0))[1].iterations))
+        times = {k: [] for k in fns}
+        for _ in range(max(repeat, 1) * 3):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(params, x, z0))
+                times[k].append(time.perf_counter() - t0)
+        row = {"problem": f"conv-{size} x{batch}", "tol": tol, "max_iter": iters}
+        for k in fns:
+            row[f"{k}_ms"] = 1e3 * statistics.median(times[k])
+            row[f"{k}_min_ms"] = 1e3 * min(times[k])
+            row[f"{k}_iters"] = its[k]
+            row[f"{k}_scatters"] = hlo[k].count(" scatter(")
+        row["onehot_over_scatter"] = row["anderson_onehot_ms"] / row["anderson_scatter_ms"]
+        rows.append(row)
+    return {"rows": rows}
+
+
+# ---------------------------------------------------------------- mixed precision
+
+
+def mixed_precision(bench: Bench, size: int, iters: int) -> dict:
+    """JFB train step, float32 vs bfloat16 convolutions, from the same (warmed) parameters."""
+    out = {"image_size": size, "iters": iters, "batch": bench.batch}
+    low = copy.copy(bench)
+    low.model = build(bench.config, bench.blur, "bfloat16")
+    for dtype, b in (("float32", bench), ("bfloat16", low)):
+        r = b.train_step("jfb", iters, size)
+        out[f"{dtype}_step_ms"] = r["step_ms"]
+        out[f"{dtype}_step_peak_bytes"] = r["step_peak_bytes"]
+    # closeness of the fixed points and of the JFB gradients, same float32 parameters
+    d, clean = bench._d(size)
+    params, rest = bench._params()
+    solver = fixed_solver(bench.config, iters)
+    res = {}
+    for dtype, b in (("float32", bench), ("bfloat16", low)):
+        gd = b._graphdef(solver, jfbjax.JFB())
+
+        def loss(p, r, d, gd=gd):
+            x, _ = nnx.merge(gd, p, r)(d)
+            return jnp.mean((x - clean) ** 2), x
+
+        (_, x), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, rest, d)
+        res[dtype] = (x, g)
+    (x32, g32), (x16, g16) = res["float32"], res["bfloat16"]
+    out["rel_diff_fixed_point"] = float(jnp.linalg.norm(x16 - x32) / jnp.linalg.norm(x32))
+    out["cos_grad"] = float(jfbjax.gradient_alignment(g16, g32))
+    out["bf16_speedup"] = out["float32_step_ms"] / out["bfloat16_step_ms"]
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+
+def _mb(b):
+    return "n/a" if b is None else f"{b / 2**20:.1f}"
+
+
+def summarise(result: dict) -> dict:
+    rows = result["iterations"]
+    iters = sorted({r["iters"] for r in rows})
+    lo, hi = iters[0], iters[-1]
+    slopes = {}
+    for mode in result["meta"]["modes"]:
+        by = {r["iters"]: r for r in rows if r["mode"] == mode}
+        if lo in by and hi in by:
+            m0, m1 = by[lo]["step_peak_bytes"], by[hi]["step_peak_bytes"]
+            slopes[mode] = {
+                "iters": [lo, hi],
+                "peak_bytes": [m0, m1],
+                "memory_growth": m1 / m0 - 1.0,
+                "time_ratio": by[hi]["step_ms"] / by[lo]["step_ms"],
+            }
+    ratios = []
+    for r in rows:
+        if r["mode"] == "jfb":
+            ratios.append(
+                {
+                    "iters": r["iters"],
+                    "jfb_over_fwd_plus_vjp": r["step_ms"] / (r["fwd_ms"] + r["vjp_ms"]),
+                    "jfb_over_fwd_plus_vmapped_vjp": r["step_ms"]
+                    / (r["fwd_ms"] + r["vjp_vmap_ms"]),
+                    "vmapped_vjp_over_vjp": r["vjp_vmap_ms"] / r["vjp_ms"],
+                }
+            )
+    return {"memory_slopes": slopes, "jfb_ratios": ratios}
+
+
+def to_markdown(result: dict) -> str:
+    meta = result["meta"]
+    modes, size_modes = meta["modes"], meta["size_modes"]
+    lines = [
+        f"# Backward cost of one DE-GRAD training step on {meta['machine']}",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Device: {meta['device']}; jax {meta['jax']}; preset `{meta['preset']}`: DnCNN "
+        f"{meta['depth']}x{meta['features']} (spectral norm {meta['spectral_norm']}), batch "
+        f"{meta['batch']}, Anderson m={meta['anderson_m']} with tol=0 (exactly the stated "
+        f"iterations), IFT adjoint tol {meta['ift_tol']} / max_iter {meta['ift_max_iter']}; "
+        f"median of {meta['repeat']} calls after one warm-up; wall {meta['wall_s']:.0f} s.",
+        "",
+        "## Train step time (ms) and compiled peak memory (MiB) against forward iterations "
+        f"({meta['image_size']}x{meta['image_size']})",
+        "",
+        "| iters | fwd ms | VJP ms | VJP/sample ms | "
+        + " | ".join(f"{m} ms" for m in modes)
+        + " | "
+        + " | ".join(f"{m} MiB" for m in modes)
+        + " |",
+        "|" + "---|" * (4 + 2 * len(modes)),
+    ]
+    for it in meta["iters"]:
+        rs = {r["mode"]: r for r in result["iterations"] if r["iters"] == it}
+        if not rs:
+            continue
+        any_r = next(iter(rs.values()))
+        cells = [
+            str(it),
+            f"{any_r['fwd_ms']:.3g}",
+            f"{any_r['vjp_ms']:.3g}",
+            f"{any_r['vjp_vmap_ms']:.3g}",
+        ]
+        cells += [f"{rs[m]['step_ms']:.4g}" if m in rs else "skipped" for m in modes]
+        cells += [_mb(rs[m]["step_peak_bytes"]) if m in rs else "skipped" for m in modes]
+        lines.append("| " + " | ".join(cells) + " |")
+    fwd_mem = {r["iters"]: r["fwd_peak_bytes"] for r in result["iterations"]}
+    lines += [
+        "",
+        "Forward solve alone, compiled peak (MiB): "
+        + ", ".join(f"{k} it: {_mb(v)}" for k, v in sorted(fwd_mem.items()))
+        + ".",
+    ]
+    if result.get("skipped"):
+        lines += ["", "Skipped: " + "; ".join(result["skipped"]) + "."]
+    if result.get("adjoint_iterations") is not None:
+        lines += [
+            "",
+            f"IFT (Anderson) adjoint iterations (mean per sample, at "
+            f"{result['adjoint_iterations']['at_iters']} forward iterations): "
+            f"{result['adjoint_iterations']['mean']}.",
+        ]
+    s = result["summary"]
+    lines += [
+        "",
+        "### Memory growth from the fewest to the most iterations",
+        "",
+        "| mode | peak MiB (lo -> hi iters) | growth | step time ratio |",
+        "|---|---|---|---|",
+    ]
+    for mode, v in s["memory_slopes"].items():
+        lines.append(
+            f"| {mode} | {_mb(v['peak_bytes'][0])} -> {_mb(v['peak_bytes'][1])} "
+            f"({v['iters'][0]} -> {v['iters'][1]}) | {100 * v['memory_growth']:+.1f}% "
+            f"| {v['time_ratio']:.2f}x |"
+        )
+    lines += [
+        "",
+        "### JFB step against its parts",
+        "",
+        "| iters | JFB step / (fwd + one VJP) | JFB step / (fwd + per-sample VJP) "
+        "| per-sample VJP / batched VJP |",
+        "|---|---|---|---|",
+    ]
+    for r in s["jfb_ratios"]:
+        lines.append(
+            f"| {r['iters']} | {r['jfb_over_fwd_plus_vjp']:.2f} "
+            f"| {r['jfb_over_fwd_plus_vmapped_vjp']:.2f} "
+            f"| {r['vmapped_vjp_over_vjp']:.2f} |"
+        )
+    lines += [
+        "",
+        f"## Train step time (ms) against image size ({meta['size_iters']} forward iterations)",
+        "",
+        "| size | fwd ms | VJP ms | "
+        + " | ".join(f"{m} ms" for m in size_modes)
+        + " | "
+        + " | ".join(f"{m} MiB" for m in size_modes)
+        + " |",
+        "|" + "---|" * (3 + 2 * len(size_modes)),
+    ]
+    for size in meta["sizes"]:
+        rs = {r["mode"]: r for r in result["sizes"] if r["image_size"] == size}
+        if not rs:
+            continue
+        any_r = next(iter(rs.values()))
+        cells = [str(size), f"{any_r['fwd_ms']:.3g}", f"{any_r['vjp_ms']:.3g}"]
+        cells += [f"{rs[m]['step_ms']:.4g}" if m in rs else "skipped" for m in size_modes]
+        cells += [_mb(rs[m]["step_peak_bytes"]) if m in rs else "skipped" for m in size_modes]
+        lines.append("| " + " | ".join(cells) + " |")
+    aw = result.get("anderson_write")
+    if aw:
+        lines += [
+            "",
+            "## Anderson history write: indexed set (scatter under vmap) vs one-hot select",
+            "",
+            "benchmarks.solvers' conv map, the three solvers run round robin; median (min) ms.",
+            "",
+            "| problem | tol / max_iter | Picard | Anderson scatter | Anderson one-hot "
+            "| one-hot / scatter | iterations (P / A) | scatters in HLO (before -> after) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in aw["rows"]:
+            lines.append(
+                f"| {r['problem']} | {r['tol']:g} / {r['max_iter']} "
+                f"| {r['picard_ms']:.3g} ({r['picard_min_ms']:.3g}) "
+                f"| {r['anderson_scatter_ms']:.3g} ({r['anderson_scatter_min_ms']:.3g}) "
+                f"| {r['anderson_onehot_ms']:.3g} ({r['anderson_onehot_min_ms']:.3g}) "
+                f"| {r['onehot_over_scatter']:.2f} "
+                f"| {r['picard_iters']:.3g} / {r['anderson_onehot_iters']:.3g} "
+                f"| {r['anderson_scatter_scatters']} -> {r['anderson_onehot_scatters']} |"
+            )
+    mp = result.get("mixed_precision")
+    if mp:
+        lines += [
+            "",
+            "## Mixed precision (bfloat16 convolutions, float32 accumulation)",
+            "",
+            f"JFB train step at {mp['image_size']}x{mp['image_size']}, batch {mp['batch']}, "
+            f"{mp['iters']} iterations: float32 {mp['float32_step_ms']:.4g} ms "
+            f"({_mb(mp['float32_step_peak_bytes'])} MiB), bfloat16 "
+            f"{mp['bfloat16_step_ms']:.4g} ms ({_mb(mp['bfloat16_step_peak_bytes'])} MiB): "
+            f"speed-up {mp['bf16_speedup']:.2f}x. Same float32 parameters: relative difference "
+            f"of the fixed points {mp['rel_diff_fixed_point']:.2e}, cosine of the JFB "
+            f"gradients {mp['cos_grad']:.5f}.",
+        ]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    modes = result["meta"]["modes"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for mode in modes:
+        rs = sorted(
+            (r for r in result["iterations"] if r["mode"] == mode), key=lambda r: r["iters"]
+        )
+        if rs:
+            its = [r["iters"] for r in rs]
+            axes[0].plot(its, [r["step_ms"] for r in rs], "o-", label=mode)
+            axes[1].plot(its, [r["step_peak_bytes"] / 2**20 for r in rs], "o-", label=mode)
+        rs = sorted(
+            (r for r in result["sizes"] if r["mode"] == mode), key=lambda r: r["image_size"]
+        )
+        if rs:
+            axes[2].plot(
+                [r["image_size"] for r in rs], [r["step_ms"] for r in rs], "o-", label=mode
+            )
+    rs = sorted({r["iters"]: r for r in result["iterations"]}.values(), key=lambda r: r["iters"])
+    axes[0].plot([r["iters"] for r in rs], [r["fwd_ms"] for r in rs], "k--", label="forward only")
+    for ax, title, xl, yl in (
+        (axes[0], "train step time", "forward iterations", "ms"),
+        (axes[1], "compiled peak memory", "forward iterations", "MiB"),
+        (
+            axes[2],
+            f"train step time, {result['meta']['size_iters']} iterations",
+            "image size",
+            "ms",
+        ),
+    ):
+        ax.set_title(title)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"DE-GRAD backward modes on {result['meta']['machine']} (preset {result['meta']['preset']})"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument(
+        "--size_modes", default=None, help="modes of the size sweep (default: the preset's)"
+    )
+    parser.add_argument("--repeat", type=int, default=None)
+    parser.add_argument(
+        "--unrolled_max_iter",
+        type=int,
+        default=None,
+        help="skip Unrolled above this many iterations (memory/time cap)",
+    )
+    parser.add_argument("--no_sizes", action="store_true", help="skip the image-size sweep")
+    parser.add_argument(
+        "--no_extras",
+        action="store_true",
+        help="skip the Anderson write and mixed-precision sections",
+    )
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    p = dict(PRESETS[args.preset])
+    config = get_config(p["config"])
+    if args.quick:
+        p.update(QUICK)
+        config.model.depth, config.model.features = QUICK["depth"], QUICK["features"]
+    repeat = args.repeat or p["repeat"]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        backward_mode(m, config)  # validates
+    bench = Bench(
+        config, p["batch"], repeat=repeat, warm_steps=p["warm_steps"], image_size=p["image_size"]
+    )
+    result = {"iterations": [], "sizes": [], "skipped": []}
+
+    def measure(kind, iters, size, modes):
+        base = bench.forward_and_vjp(iters, size)
+        for mode in modes:
+            if mode == "unrolled" and args.unrolled_max_iter and iters > args.unrolled_max_iter:
+                result["skipped"].append(
+                    f"unrolled at {iters} iterations ({size}px): above "
+                    f"--unrolled_max_iter {args.unrolled_max_iter}"
+                )
+                continue
+            print(f"  {kind}: {mode} iters={iters} size={size}", flush=True)
+            row = {"mode": mode, "iters": iters, "image_size": size, **base}
+            row.update(bench.train_step(mode, iters, size))
+            result[kind].append(row)
+
+    for iters in p["iters"]:
+        measure("iterations", iters, p["image_size"], modes)
+    size_modes = [m for m in modes if m in p["size_modes"]]
+    if args.size_modes:
+        size_modes = [m.strip() for m in args.size_modes.split(",") if m.strip()]
+    if not args.no_sizes:
+        for size in p["sizes"]:
+            measure("sizes", p["size_iters"], size, size_modes)
+    result["adjoint_iterations"] = None
+    if "ift_anderson" in modes:
+        at = p["iters"][len(p["iters"]) // 2]
+        result["adjoint_iterations"] = {
+            "at_iters": at,
+            "mean": bench.adjoint_iterations(at, p["image_size"]),
+        }
+    if not args.no_extras:
+        print("  Anderson history write: scatter vs one-hot", flush=True)
+        result["anderson_write"] = anderson_write(args.quick, repeat)
+        print("  mixed precision", flush=True)
+        mp_iters = p["iters"][1] if len(p["iters"]) > 1 else p["iters"][0]
+        result["mixed_precision"] = mixed_precision(bench, p["image_size"], mp_iters)
+    machine = machine_name()
+    cmd = "python -m benchmarks.backward_cost " + " ".join(sys.argv[1:] if argv is None else argv)
+    result["meta"] = {
+        "machine": machine,
+        "device": f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()},"
+        f" {os.cpu_count()} cores)",
+        "jax": jax.__version__,
+        "preset": args.preset + (" (quick)" if args.quick else ""),
+        "depth": int(config.model.depth),
+        "features": int(config.model.features),
+        "spectral_norm": bool(config.model.spectral_norm),
+        "batch": p["batch"],
+        "image_size": p["image_size"],
+        "iters": list(p["iters"]),
+        "sizes": list(p["sizes"]) if not args.no_sizes else [],
+        "size_iters": p["size_iters"],
+        "anderson_m": int(config.solver.m),
+        "ift_tol": float(config.backward.tol),
+        "ift_max_iter": int(config.backward.max_iter),
+        "repeat": repeat,
+        "modes": modes,
+        "size_modes": size_modes if not args.no_sizes else [],
+        "command": cmd.strip(),
+        "wall_s": time.perf_counter() - start,
+    }
+    result["summary"] = summarise(result)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"backward_cost_{machine}" + ("_quick" if args.quick else "")
+    if args.preset != "cpu" and machine == "cpu":
+        stem += f"_{args.preset}"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    md = to_markdown(result)
+    (out / f"{stem}.md").write_text(md)
+    plot(result, out / f"{stem}.png")
+    print(md)
+    print(f"wrote {out / stem}.md, .json and .png")
+    result["paths"] = [str(out / f"{stem}.{e}") for e in ("md", "json", "png")]
+    return result
+
+
+def main(argv=None):
+    run(argv)
+
+
+if __name__ == "__main__":
+    main()
