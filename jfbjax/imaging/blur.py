@@ -29,6 +29,7 @@ inequality) for both boundaries, which the classical solvers in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 
@@ -113,27 +114,38 @@ class Blur:
         return float(np.abs(self.kernel).sum())
 
     # ----------------------------------------------------------- zero padding
+    @property
+    def kernel_1d(self) -> np.ndarray:
+        """The 1-D factor ``g`` of the separable kernel, ``h = g g^T`` (float64 NumPy)."""
+        s = self.kernel_size
+        r = np.arange(s, dtype=np.float64) - (s - 1) / 2
+        g = np.exp(-(r**2) / (2.0 * float(self.sigma) ** 2))
+        return g / g.sum()
+
     def _conv(self, x: jax.Array, adjoint: bool) -> jax.Array:
+        r"""Zero-padded correlation with ``h`` (or, for ``A^T``, with the flipped
+        ``h`` and mirrored padding), computed separably.
+
+        The Gaussian kernel is the outer product ``h = g g^T``, so
+        ``(A x)_{ij} = \sum_k g_k \sum_l g_l\, x_{i+k-lo,\, j+l-lo}``: one pass of
+        ``s`` shifted, weighted copies along each image axis. On CPU this is two
+        orders of magnitude faster than XLA's depthwise convolution
+        (``feature_group_count = C``, measured 0.10 vs 14 ms on 24x32x32x3), and
+        it is exact up to float rounding.
+        """
         s = self.kernel_size
         lo, hi = (s - 1) // 2, s // 2
-        # A: correlation with h, padding (lo before, hi after). A^T: correlation
-        # with the flipped kernel and the mirrored padding (hi before, lo after).
-        k, pad = (self.kernel[::-1, ::-1], (hi, lo)) if adjoint else (self.kernel, (lo, hi))
-        lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
+        g, pad = (self.kernel_1d[::-1], (hi, lo)) if adjoint else (self.kernel_1d, (lo, hi))
         dtype = compute_dtype(x.dtype)
-        xb = x.reshape((-1, h, w, c)).astype(dtype)
-        # HWIO with I = 1 and O = C, feature_group_count = C: one filter per channel.
-        rhs = jnp.asarray(np.broadcast_to(k[:, :, None, None], (s, s, 1, c)), dtype)
-        y = jax.lax.conv_general_dilated(
-            xb,
-            rhs,
-            window_strides=(1, 1),
-            padding=(pad, pad),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=c,
-            precision=jax.lax.Precision.HIGHEST,
-        )
-        return y.reshape((*lead, h, w, c)).astype(x.dtype)
+        y = x.astype(dtype)
+        for axis in (-3, -2):
+            n = y.shape[axis]
+            widths = [(0, 0)] * y.ndim
+            widths[axis] = pad
+            yp = jnp.pad(y, widths)
+            taps = [float(g[k]) * jax.lax.slice_in_dim(yp, k, k + n, axis=axis) for k in range(s)]
+            y = functools.reduce(jnp.add, taps)
+        return y.astype(x.dtype)
 
     # --------------------------------------------------------------- circular
     def transfer_function(self, h: int, w: int) -> np.ndarray:

@@ -93,7 +93,8 @@ def test_tikhonov_cg_under_jit_with_a_traced_weight():
     f = jax.jit(functools.partial(tikhonov_cg, blur=blur, iters=50))
     x = f(d, weight=jnp.float32(1e-2))
     assert x.dtype == jnp.float32
-    np.testing.assert_allclose(x, tikhonov_cg(d, blur, 1e-2, iters=50), atol=1e-5)
+    # float32: XLA fuses the jitted iterations differently, so allow rounding drift
+    np.testing.assert_allclose(x, tikhonov_cg(d, blur, 1e-2, iters=50), atol=5e-5)
     # the residual of the normal equations is small
     res = blur.normal(x) + 1e-2 * x - blur.adjoint(d)
     assert float(jnp.linalg.norm(res)) < 1e-3 * float(jnp.linalg.norm(blur.adjoint(d)))
