@@ -42,13 +42,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 from flax import nnx
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 import jfbjax
 from experiments.configs import PRESETS, apply_overrides, get_config
@@ -383,7 +380,8 @@ def _table_md(rows: list[dict], header: dict) -> str:
 
 
 def _plot_psnr_vs_time(curves: dict[str, list], baselines: dict[str, float], path: str) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
     for label, curve in curves.items():
         if curve:
             t, p = zip(*curve, strict=True)
@@ -396,7 +394,6 @@ def _plot_psnr_vs_time(curves: dict[str, list], baselines: dict[str, float], pat
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _say(message: str) -> None:

@@ -1,14 +1,13 @@
-"""Figures of a run (matplotlib, Agg backend: no display needed)."""
+"""Figures of a run, drawn on standalone matplotlib ``Figure`` objects: no display
+needed and no change to the pyplot backend of the importing program (notebooks keep
+their inline figures)."""
 
 from __future__ import annotations
 
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 __all__ = ["plot_restorations", "plot_training_curves"]
 
@@ -31,7 +30,8 @@ def plot_training_curves(
     """
     train = [r for r in records if "train/loss" in r]
     evals = [r for r in records if "test/psnr_standard" in r]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
+    fig = Figure(figsize=(14, 3.8), layout="constrained")
+    axes = fig.subplots(1, 3)
 
     ax = axes[0]
     if train:
@@ -77,7 +77,6 @@ def plot_training_curves(
     ax.legend(fontsize=8)
 
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_restorations(
@@ -92,9 +91,8 @@ def plot_restorations(
     """
     names = list(columns)
     n = len(next(iter(columns.values())))
-    fig, axes = plt.subplots(
-        n, len(names), figsize=(2.3 * len(names), 2.4 * n), squeeze=False, constrained_layout=True
-    )
+    fig = Figure(figsize=(2.3 * len(names), 2.4 * n), layout="constrained")
+    axes = fig.subplots(n, len(names), squeeze=False)
     for j, name in enumerate(names):
         for i in range(n):
             ax = axes[i, j]
@@ -107,4 +105,3 @@ def plot_restorations(
                 ax.set_xlabel(f"{float(psnrs[name][i]):.2f} dB", fontsize=9)
     fig.suptitle("test images (PSNR, standard convention)", fontsize=10)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
