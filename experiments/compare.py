@@ -49,7 +49,7 @@ from matplotlib.figure import Figure
 
 import jfbjax
 from experiments.configs import PRESETS, apply_overrides, get_config
-from jfbjax.data import load_data
+from jfbjax.data import load_data_from_config
 from jfbjax.imaging.baselines import tikhonov_cg, tune_weight, tv_deblur, wiener
 from jfbjax.imaging.metrics import psnr
 from jfbjax.imaging.noise import degrade
@@ -440,15 +440,7 @@ def run_comparison(
     blur = blur_from_config(base)
     noise_std = float(base.noise_std)
     base_seed = int(base.seed)
-    data = load_data(
-        base.data.source,
-        int(base.data.image_size),
-        data_dir=base.data.data_dir,
-        n_train=base.data.n_train,
-        n_val=base.data.n_val,
-        n_test=base.data.n_test,
-        seed=base_seed,
-    )
+    data = load_data_from_config(base)
     _say(f"data: {data.description}")
     # The same keys as train_and_evaluate, so seed-`base_seed` runs see these very images.
     _, val_key, test_key = jax.random.split(jax.random.PRNGKey(base_seed), 3)

@@ -10,6 +10,20 @@ through one :class:`DeblurData` record; :func:`load_data` picks the source.
 """
 
 from jfbjax.data.common import ArrayBatcher, DeblurData
-from jfbjax.data.loader import BUILTIN_NOTICE, SOURCES, detect_celeba, load_data
+from jfbjax.data.loader import (
+    BUILTIN_NOTICE,
+    SOURCES,
+    detect_celeba,
+    load_data,
+    load_data_from_config,
+)
 
-__all__ = ["BUILTIN_NOTICE", "SOURCES", "ArrayBatcher", "DeblurData", "detect_celeba", "load_data"]
+__all__ = [
+    "BUILTIN_NOTICE",
+    "SOURCES",
+    "ArrayBatcher",
+    "DeblurData",
+    "detect_celeba",
+    "load_data",
+    "load_data_from_config",
+]

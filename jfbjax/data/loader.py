@@ -85,3 +85,17 @@ def load_data(
             )
         return load_celeba_folder(data_dir, image_size, **counts)
     return load_celeba_tfds(image_size, data_dir=data_dir, **counts)
+
+
+def load_data_from_config(config) -> DeblurData:
+    """:func:`load_data` with the ``config.data`` section and ``config.seed`` of an
+    experiment configuration (see ``experiments/configs.py``)."""
+    return load_data(
+        config.data.source,
+        int(config.data.image_size),
+        data_dir=config.data.data_dir,
+        n_train=config.data.n_train,
+        n_val=config.data.n_val,
+        n_test=config.data.n_test,
+        seed=int(config.seed),
+    )

@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jfbjax.data import load_data
+from jfbjax.data import load_data_from_config
 from jfbjax.imaging.baselines import tikhonov_cg, tune_weight, wiener
 from jfbjax.imaging.blur import Blur
 from jfbjax.imaging.metrics import psnr
@@ -274,15 +274,7 @@ def train_and_evaluate(
             json.dump(config_json, f, indent=2)
 
     # ---- data, degradation with a fixed evaluation noise draw -----------------
-    data = load_data(
-        config.data.source,
-        int(config.data.image_size),
-        data_dir=config.data.data_dir,
-        n_train=config.data.n_train,
-        n_val=config.data.n_val,
-        n_test=config.data.n_test,
-        seed=int(config.seed),
-    )
+    data = load_data_from_config(config)
     _say(f"data: {data.description}")
     if data.skipped:
         _say(f"data: {data.skipped} unreadable image files were skipped")

@@ -33,13 +33,11 @@ def test_load_run_reproduces_the_final_test_psnr(run_dir):
     assert run.step == 4 and run.which == "latest"
     assert run.noise_std == pytest.approx(results["config"]["noise_std"])
     # Score the restored model on the run's own test images: same PSNR as results.json.
-    from jfbjax.data import load_data
+    from jfbjax.data import load_data_from_config
     from jfbjax.imaging import degrade, psnr
 
     c = run.config
-    data = load_data(
-        c.data.source, c.data.image_size, n_val=c.data.n_val, n_test=c.data.n_test, seed=c.seed
-    )
+    data = load_data_from_config(c)
     keys = jax.random.split(jax.random.PRNGKey(c.seed), 3)
     d = degrade(keys[2], data.test, run.blur, run.noise_std)
     x_hat, info = jax.jit(run.model)(d)
