@@ -281,10 +281,10 @@ class Bench:
     def _graphdef(self, solver, backward):
         return nnx.split(self.model.with_solver(solver, backward), nnx.Param, ...)[0]
 
-    def train_step(self, mode: str, iters: int, size: int) -> dict:
+    def train_step(self, mode: str, iters: int, size: int, solver=None) -> dict:
         """Time and memory of one training step."""
         graphdef = self._graphdef(
-            fixed_solver(self.config, iters), backward_mode(mode, self.config)
+            solver or fixed_solver(self.config, iters), backward_mode(mode, self.config)
         )
         step = make_train_step(graphdef, self.tx, self.blur, self.noise_std, self.dp)
         clean = self.dp.shard_batch(images(self.batch, size, seed=2))
@@ -361,11 +361,11 @@ class Bench:
             "vjp_vmap_ms": 1e3 * t_vv["median_s"],
         }
 
-    def adjoint_iterations(self, iters: int, size: int) -> float | None:
+    def adjoint_iterations(self, iters: int, size: int, solver=None) -> float | None:
         """Mean iterations of IFT's Anderson adjoint solve at this point (a host callback)."""
         found = []
         mode = backward_mode("ift_anderson", self.config)
-        solver = fixed_solver(self.config, iters)
+        solver = solver or fixed_solver(self.config, iters)
         params, rest = self._params()
         graphdef = self._graphdef(solver, mode)
         d, clean = self._d(size)
