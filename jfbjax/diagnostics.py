@@ -43,8 +43,11 @@ def contraction_estimate(
       A float scalar (at least float32).
     """
     fz, vjp = jax.vjp(lambda w: f(w, *args), z)
+    # J w as the transpose of the (linear) VJP: reverse mode only, so maps built
+    # from custom_vjp functions (e.g. jfbjax.models.conv_same) work too.
+    jt = jax.linear_transpose(lambda u: vjp(u)[0], fz)
+    jvp = lambda w: jt(w)[0]
     del fz
-    jvp = lambda w: jax.jvp(lambda y: f(y, *args), (z,), (w,))[1]
     if key is None:
         key = jax.random.PRNGKey(0)
     leaves, tree = jax.tree.flatten(z)

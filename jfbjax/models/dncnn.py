@@ -32,6 +32,8 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
+from jfbjax.models.conv import conv_general_dilated
+
 __all__ = [
     "COMPUTE_DTYPES",
     "DnCNN",
@@ -184,7 +186,7 @@ class SpectralConv(nnx.Module):
         if self.dtype != jnp.float32:  # low-precision inputs, float32 (or wider) accumulation
             out_dtype = batched.dtype
             batched, kernel = batched.astype(self.dtype), kernel.astype(self.dtype)
-        y = jax.lax.conv_general_dilated(
+        y = conv_general_dilated(
             batched,
             kernel,
             (1, 1),
@@ -273,6 +275,7 @@ class DnCNN(nnx.Module):
                 padding="SAME",
                 dtype=dtype if low else None,
                 preferred_element_type=jnp.float32 if low else None,
+                conv_general_dilated=conv_general_dilated,
                 rngs=rngs,
             )
 
