@@ -95,8 +95,13 @@ PRESETS = {
         size_iters=10,
         modes=MODES,
         size_modes=("jfb", "ift_anderson", "unrolled"),
-        unrolled_max_iter=None,
-        repeat=3,
+        # The default stays within a few minutes on two cores: Unrolled up to 50
+        # iterations and 64 px, GMRES (~1000 VJPs a step here) at the ends of the sweep.
+        # --full lifts the three caps and times 3 calls instead of 2.
+        unrolled_max_iter=50,
+        size_unrolled_max=64,
+        gmres_iters=(10, 200),
+        repeat=2,
         warm_steps=10,
     ),
     "paper": dict(
@@ -116,6 +121,9 @@ PRESETS = {
     ),
 }
 QUICK = dict(
+    unrolled_max_iter=None,
+    size_unrolled_max=None,
+    gmres_iters=None,
     size_modes=("jfb", "unrolled"),
     depth=3,
     features=8,
@@ -683,21 +691,18 @@ def plot(result: dict, path: Path) -> None:
 
     modes = result["meta"]["modes"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for mode in modes:
-        rs = sorted(
-            (r for r in result["iterations"] if r["mode"] == mode), key=lambda r: r["iters"]
-        )
+    for k, mode in enumerate(modes):
+        style = dict(color=f"C{k}", marker="o", label=mode)  # one colour per mode, all panels
+        mine = [r for r in result["iterations"] if r["mode"] == mode]
+        rs = sorted(mine, key=lambda r: r["iters"])
         if rs:
             its = [r["iters"] for r in rs]
-            axes[0].plot(its, [r["step_ms"] for r in rs], "o-", label=mode)
-            axes[1].plot(its, [r["step_peak_bytes"] / 2**20 for r in rs], "o-", label=mode)
-        rs = sorted(
-            (r for r in result["sizes"] if r["mode"] == mode), key=lambda r: r["image_size"]
-        )
+            axes[0].plot(its, [r["step_ms"] for r in rs], **style)
+            axes[1].plot(its, [r["step_peak_bytes"] / 2**20 for r in rs], **style)
+        mine = [r for r in result["sizes"] if r["mode"] == mode]
+        rs = sorted(mine, key=lambda r: r["image_size"])
         if rs:
-            axes[2].plot(
-                [r["image_size"] for r in rs], [r["step_ms"] for r in rs], "o-", label=mode
-            )
+            axes[2].plot([r["image_size"] for r in rs], [r["step_ms"] for r in rs], **style)
     rs = sorted({r["iters"]: r for r in result["iterations"]}.values(), key=lambda r: r["iters"])
     axes[0].plot([r["iters"] for r in rs], [r["fwd_ms"] for r in rs], "k--", label="forward only")
     for ax, title, xl, yl in (
@@ -719,6 +724,8 @@ def plot(result: dict, path: Path) -> None:
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
+    if result["sizes"]:
+        axes[2].legend(fontsize=8)
     fig.suptitle(
         f"DE-GRAD backward modes on {result['meta']['machine']} (preset {result['meta']['preset']})"
     )
@@ -731,6 +738,11 @@ def run(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="no caps on Unrolled and GMRES, 3 timed calls (cpu: ~25 min)",
+    )
     parser.add_argument("--modes", default=None, help=f"comma list from {MODES}")
     parser.add_argument("--iters", default=None, help="iteration counts, e.g. 10,25,50")
     parser.add_argument("--sizes", default=None, help="image sizes, e.g. 16,32")
@@ -778,6 +790,15 @@ def run(argv=None) -> dict:
         p["iters"] = tuple(int(v) for v in args.iters.split(","))
     if args.sizes:
         p["sizes"] = tuple(int(v) for v in args.sizes.split(","))
+    if args.full:
+        p.update(
+            unrolled_max_iter=None,
+            size_unrolled_max=None,
+            gmres_iters=None,
+            repeat=max(p["repeat"], 3),
+        )
+        p = {k: v for k, v in p.items() if v is not None}
+        repeat = args.repeat or p["repeat"]
     if args.unrolled_max_iter is None:
         args.unrolled_max_iter = p.get("unrolled_max_iter")
     modes = list(p.get("modes", MODES))
@@ -802,6 +823,19 @@ def run(argv=None) -> dict:
                 result["skipped"].append(
                     f"unrolled at {iters} iterations ({size}px): above "
                     f"--unrolled_max_iter {args.unrolled_max_iter}"
+                )
+                continue
+            size_cap = p.get("size_unrolled_max") or size
+            if mode == "unrolled" and kind == "sizes" and size > size_cap:
+                result["skipped"].append(
+                    f"unrolled at {size}px: above the preset's size cap (--full lifts it)"
+                )
+                continue
+            gmres_at = p.get("gmres_iters")
+            if mode == "ift_gmres" and kind == "iterations" and gmres_at and iters not in gmres_at:
+                result["skipped"].append(
+                    f"ift_gmres at {iters} iterations: the preset times it at {gmres_at} only "
+                    "(--full: all)"
                 )
                 continue
             print(f"  {kind}: {mode} iters={iters} size={size}", flush=True)
