@@ -513,12 +513,11 @@ def _mb(b):
 
 def summarise(result: dict) -> dict:
     rows = result["iterations"]
-    iters = sorted({r["iters"] for r in rows})
-    lo, hi = iters[0], iters[-1]
     slopes = {}
-    for mode in result["meta"]["modes"]:
+    for mode in result["meta"]["modes"]:  # from each mode's fewest to its most iterations
         by = {r["iters"]: r for r in rows if r["mode"] == mode}
-        if lo in by and hi in by:
+        if len(by) >= 2:
+            lo, hi = min(by), max(by)
             m0, m1 = by[lo]["step_peak_bytes"], by[hi]["step_peak_bytes"]
             slopes[mode] = {
                 "iters": [lo, hi],
