@@ -65,3 +65,18 @@ def test_bad_folders_fail_clearly(tmp_path, run_dir):
     with pytest.raises(ValueError, match="which"):
         load_run(workdir, which="first")
     json.loads(open(os.path.join(workdir, "config.json")).read())
+
+
+def test_readme_load_run_snippet_runs(run_dir):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "load_run(" in b]
+    assert blocks, "README lost its load_run snippet"
+    workdir, _ = run_dir
+    code = re.sub(r'load_run\("[^"]*"', f'load_run("{workdir}"', blocks[0])
+    code += "\nimport jax.numpy as jnp\nx_hat, info = deblur(state, jnp.zeros((2, 16, 16, 3)))\n"
+    scope = {"__name__": "readme"}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["x_hat"].shape == (2, 16, 16, 3)
