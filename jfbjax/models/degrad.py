@@ -277,6 +277,7 @@ def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
         int(m.depth),
         int(m.features),
         spectral_norm=bool(m.spectral_norm),
+        dtype=str(m.get("dtype", "float32")),
         rngs=rngs,
     )
     if m.kind == "feedforward":
