@@ -41,6 +41,11 @@ def _input(d, name: str = "d") -> jax.Array:
     return d
 
 
+def _check_iters(iters) -> None:
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        raise ValueError(f"iters must be an integer >= 0, got {iters!r}")
+
+
 def wiener(d: jax.Array, blur: Blur, weight: float) -> jax.Array:
     r"""Wiener/Tikhonov deconvolution in closed form with the FFT.
 
@@ -87,8 +92,7 @@ def tikhonov_cg(
     """
     d = _input(d)
     check_nonnegative(weight, "weight")
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-        raise ValueError(f"iters must be an integer >= 0, got {iters!r}")
+    _check_iters(iters)
     check_nonnegative(tol, "tol")
     dtype = compute_dtype(d.dtype)
     lead, img = d.shape[:-3], d.shape[-3:]
@@ -174,8 +178,7 @@ def tv_deblur(
     """
     d = _input(d)
     check_nonnegative(weight, "weight")
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-        raise ValueError(f"iters must be an integer >= 0, got {iters!r}")
+    _check_iters(iters)
     check_nonnegative(tol, "tol")
     dtype = compute_dtype(d.dtype)
     lip = blur.norm_bound**2
