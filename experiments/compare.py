@@ -69,6 +69,7 @@ from jfbjax.training import (
     train_and_evaluate,
 )
 from jfbjax.training.figures import plot_restorations
+from jfbjax.training.loop import config_diff, config_json, evaluation_images, jsonable
 from jfbjax.training.profiling import compiled_memory, time_call
 
 __all__ = ["compare_settings", "learned_runs", "main", "run_comparison"]
@@ -190,32 +191,23 @@ def learned_runs(base: ml_collections.ConfigDict, settings) -> list[LearnedRun]:
 # Training (reused or resumed when the folder holds the same run)
 
 
-def _config_json(config) -> dict:
-    return json.loads(json.dumps(config.to_dict(), default=list))
-
-
-def _same_config(a: dict, b: dict) -> bool:
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
-
-
-def _train(run: LearnedRun, workdir: str, out: str, progress: bool) -> tuple[dict, bool]:
-    """Trains ``run`` into ``workdir`` unless it is there already. Returns
-    ``(results, trained_now)``."""
+def _train(run: LearnedRun, workdir: str, out: str, progress: bool) -> dict:
+    """Trains ``run`` into ``workdir`` unless it is there already; returns its results."""
     results_path = os.path.join(workdir, "results.json")
     config_path = os.path.join(workdir, "config.json")
-    wanted = _config_json(run.config.copy_and_resolve_references())
+    wanted = config_json(run.config.copy_and_resolve_references())
     resume = False
     if os.path.exists(config_path):
         with open(config_path) as f:
             have = json.load(f)
-        if not _same_config(have, wanted):
+        if config_diff(have, wanted):
             raise SystemExit(
                 f"error: {workdir} holds a run with a different configuration; "
                 f"rerun with --fresh to retrain everything in {out}, or choose another --out"
             )
         if os.path.exists(results_path):
             with open(results_path) as f:
-                return json.load(f), False
+                return json.load(f)
         if os.path.isdir(os.path.join(workdir, "checkpoints", "latest")):
             resume = True
         else:  # killed before its first checkpoint: nothing worth keeping
@@ -232,7 +224,7 @@ def _train(run: LearnedRun, workdir: str, out: str, progress: bool) -> tuple[dic
     results = train_and_evaluate(
         run.config, workdir, resume=resume, progress=progress, init_hook=init_hook
     )
-    return results, True
+    return results
 
 
 # ----------------------------------------------------------------------------
@@ -442,11 +434,9 @@ def run_comparison(
     base_seed = int(base.seed)
     data = load_data_from_config(base)
     _say(f"data: {data.description}")
-    # The same keys as train_and_evaluate, so seed-`base_seed` runs see these very images.
-    _, val_key, test_key = jax.random.split(jax.random.PRNGKey(base_seed), 3)
+    # The images train_and_evaluate scores with, so seed-`base_seed` runs see these very ones.
     x_val, x_test = data.val, data.test
-    d_val = np.asarray(degrade(val_key, jnp.asarray(x_val), blur, noise_std))
-    d_test = np.asarray(degrade(test_key, jnp.asarray(x_test), blur, noise_std))
+    d_val, d_test = evaluation_images(base, data, blur)
     x_timing = data.train_batch(0, int(base.batch_size), base_seed)
     repeats = int(settings.timing_repeats)
     eval_bs = int(base.eval_batch_size)
@@ -524,7 +514,7 @@ def run_comparison(
         if skip_missing and not os.path.exists(os.path.join(workdir, "results.json")):
             _say(f"skipping {run.method} (seed {run.seed}): not trained yet")
             continue
-        results, _ = _train(run, workdir, out, progress)
+        results = _train(run, workdir, out, progress)
         if run.method.startswith("denoiser"):
             sigma = float(run.config.noise_std)
             denoisers.setdefault(run.seed, []).append((sigma, workdir))
@@ -556,14 +546,11 @@ def run_comparison(
     if want("pnp") and denoisers:
         per_seed = []
         for seed, found in sorted(denoisers.items()):
-            record, x_hat = _pnp(found, base, settings, blur, d_val, x_val, d_test, x_test)
+            record, x_hat = _pnp(found, base, settings, blur, d_val, x_val, d_test, x_test, repeats)
             record["seed"] = seed
             record["training_time_s"] = sum(
                 _training_time(w)[0] or 0.0 for _, w in found
             )  # all of its denoisers
-            record["infer_ms_per_image"] = _pnp_timing(
-                found, record, base, settings, blur, d_test, repeats
-            )
             per_seed.append(record)
             if seed == base_seed:
                 outputs["pnp"] = x_hat
@@ -596,7 +583,7 @@ def run_comparison(
     }
     table = {"header": header, "settings": settings.to_dict(), "rows": ordered}
     with open(os.path.join(out, "table.json"), "w") as f:
-        json.dump(_jsonable(table), f, indent=2)
+        json.dump(jsonable(table), f, indent=2)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(_table_md(ordered, header))
     _plot_psnr_vs_time(
@@ -679,18 +666,6 @@ def _line(m: dict) -> str:
     )
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic | jax.Array):
-        return x.item() if np.ndim(x) == 0 else np.asarray(x).tolist()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
-
-
 def _denoiser_fn(workdir: str):
     """``(graphdef, state)`` of a trained denoiser (FeedForward, identity blur)."""
     model = load_run(workdir, which="latest").model
@@ -712,8 +687,11 @@ def _pnp_solver(base, settings):
     return solver_from_config(cfg)
 
 
-def _pnp(found, base, settings, blur, d_val, x_val, d_test, x_test) -> tuple[dict, np.ndarray]:
-    """Tunes (denoiser level, step) on val, then restores the test images."""
+def _pnp(
+    found, base, settings, blur, d_val, x_val, d_test, x_test, repeats
+) -> tuple[dict, np.ndarray]:
+    """Tunes (denoiser level, step) on val, restores the test images with the best
+    setting and times that restoration (milliseconds per image, compiled)."""
     solver = _pnp_solver(base, settings)
     best = None
     tuning = []
@@ -725,12 +703,12 @@ def _pnp(found, base, settings, blur, d_val, x_val, d_test, x_test) -> tuple[dic
             value = float(np.mean(psnr(jnp.asarray(x_val), x)))
             tuning.append({"denoiser_noise": sigma, "step": float(step), "val_psnr": value})
             if np.isfinite(value) and (best is None or value > best[0]):
-                best = (value, sigma, float(step), workdir)
+                best = (value, sigma, float(step), restore, state)
     if best is None:
         raise RuntimeError(f"every PnP setting diverged on the validation images: {tuning}")
-    _, sigma, step, workdir = best
-    graphdef, state = _denoiser_fn(workdir)
-    x, info = _pnp_restorer(graphdef, solver, blur)(state, jnp.asarray(d_test), jnp.float32(step))
+    _, sigma, step, restore, state = best
+    args = (state, jnp.asarray(d_test), jnp.float32(step))
+    x, info = restore(*args)
     x = np.asarray(x)
     record = {
         **score(x_test, x),
@@ -739,17 +717,12 @@ def _pnp(found, base, settings, blur, d_val, x_val, d_test, x_test) -> tuple[dic
         "mean_iterations": float(np.mean(info.iterations)),
         "fraction_converged": float(np.mean(np.asarray(info.status) == int(jfbjax.CONVERGED))),
         "num_params": int(sum(v.size for v in jax.tree.leaves(nnx.state(state, nnx.Param)))),
+        "infer_ms_per_image": 1e3
+        * time_call(restore, *args, repeats=repeats)["median_s"]
+        / len(d_test),
         "tuning": tuning,
     }
     return record, x
-
-
-def _pnp_timing(found, record, base, settings, blur, d_test, repeats) -> float:
-    """Milliseconds per test image of the tuned PnP restoration (compiled)."""
-    graphdef, state = _denoiser_fn(dict(found)[record["denoiser_noise"]])
-    restore = _pnp_restorer(graphdef, _pnp_solver(base, settings), blur)
-    args = (state, jnp.asarray(d_test), jnp.float32(record["step"]))
-    return 1e3 * time_call(restore, *args, repeats=repeats)["median_s"] / len(d_test)
 
 
 # ----------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from jfbjax.training.checkpoints import BEST_METRIC, Checkpoints
 from jfbjax.training.evaluation import score, score_model
 from jfbjax.training.figures import plot_restorations, plot_training_curves
 from jfbjax.training.parallel import DataParallel
+from jfbjax.training.restore import blur_from_config
 from jfbjax.training.steps import make_eval_step, make_train_step
 from jfbjax.training.train_state import create_train_state, make_optimizer, make_schedule
 
@@ -93,33 +94,52 @@ class ResultsExistError(FileExistsError):
 # Small helpers.
 
 
-def _jsonable(x):
+def jsonable(x):
     """Converts numpy / jax scalars and arrays, tuples and non-finite floats for JSON."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, np.ndarray | jax.Array):
-        return _jsonable(np.asarray(x).tolist())
+        return jsonable(np.asarray(x).tolist())
     if isinstance(x, np.generic):
-        return _jsonable(x.item())
+        return jsonable(x.item())
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
 
 
-def _config_dict(config: ml_collections.ConfigDict) -> dict:
-    return _jsonable(json.loads(config.to_json_best_effort()))
+def config_json(config: ml_collections.ConfigDict) -> dict:
+    """The configuration as the plain JSON dict written to a run's ``config.json``."""
+    return jsonable(json.loads(config.to_json_best_effort()))
 
 
-def _diff(a, b, prefix="") -> list[str]:
+def run_keys(config) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(train_key, val_key, test_key)`` of a run: the training noise key and the
+    keys of the fixed validation and test noise draws, all from ``config.seed``."""
+    train_key, val_key, test_key = jax.random.split(jax.random.PRNGKey(int(config.seed)), 3)
+    return train_key, val_key, test_key
+
+
+def evaluation_images(config, data, blur: Blur) -> tuple[np.ndarray, np.ndarray]:
+    """``(d_val, d_test)``: the run's validation and test images degraded by ``blur``
+    with the noise of ``config.noise_std`` drawn from :func:`run_keys`, so every
+    method scored with the same config sees exactly these images."""
+    _, val_key, test_key = run_keys(config)
+    noise_std = float(config.noise_std)
+    d_val = np.asarray(degrade(val_key, jnp.asarray(data.val), blur, noise_std))
+    d_test = np.asarray(degrade(test_key, jnp.asarray(data.test), blur, noise_std))
+    return d_val, d_test
+
+
+def config_diff(a, b, prefix="") -> list[str]:
     """Dotted keys whose values differ between two nested dicts."""
     keys = sorted(set(a) | set(b))
     out = []
     for k in keys:
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, f"{prefix}{k}.")
+            out += config_diff(va, vb, f"{prefix}{k}.")
         elif va != vb:
             out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
     return out
@@ -172,7 +192,7 @@ class _MetricsLog:
         if not self.active:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps(_jsonable(record)) + "\n")
+            f.write(json.dumps(jsonable(record)) + "\n")
 
     def read(self) -> list[dict]:
         if not os.path.exists(self.path):
@@ -259,10 +279,10 @@ def train_and_evaluate(
         raise FileNotFoundError(
             f"--resume: no checkpoint to resume from in {ckpt_dir}; start the run without --resume"
         )
-    config_json = _config_dict(config)
+    config_record = config_json(config)
     if resume and os.path.exists(config_path):
         with open(config_path) as f:
-            changed = _diff(json.load(f), config_json)
+            changed = config_diff(json.load(f), config_record)
         if changed:
             _say(
                 "resume: the configuration differs from the checkpointed run's; the result "
@@ -271,23 +291,18 @@ def train_and_evaluate(
     main_process = jax.process_index() == 0  # the one that writes logs, figures, results
     if main_process:
         with open(config_path, "w") as f:
-            json.dump(config_json, f, indent=2)
+            json.dump(config_record, f, indent=2)
 
     # ---- data, degradation with a fixed evaluation noise draw -----------------
     data = load_data_from_config(config)
     _say(f"data: {data.description}")
     if data.skipped:
         _say(f"data: {data.skipped} unreadable image files were skipped")
-    blur = Blur(
-        kernel_size=int(config.blur.kernel_size),
-        sigma=float(config.blur.sigma),
-        boundary=config.blur.boundary,
-    )
+    blur = blur_from_config(config)
     noise_std = float(config.noise_std)
-    train_key, val_key, test_key = jax.random.split(jax.random.PRNGKey(int(config.seed)), 3)
+    train_key = run_keys(config)[0]
     x_val, x_test = data.val, data.test
-    d_val = np.asarray(degrade(val_key, jnp.asarray(x_val), blur, noise_std))
-    d_test = np.asarray(degrade(test_key, jnp.asarray(x_test), blur, noise_std))
+    d_val, d_test = evaluation_images(config, data, blur)
 
     # ---- baselines on the same degraded test images ---------------------------
     t0 = time.perf_counter()
@@ -301,7 +316,7 @@ def train_and_evaluate(
         weight, table = tune_weight(method, jnp.asarray(d_val), jnp.asarray(x_val), blur, grid)
         outputs[name] = np.asarray(method(jnp.asarray(d_test), blur, float(weight)))
         classical[name] = {**score(x_test, outputs[name]), "weight": float(weight)}
-        classical[name]["tuning"] = _jsonable(table)
+        classical[name]["tuning"] = jsonable(table)
     wiener_metrics, x_wiener = classical["wiener"], outputs["wiener"]
     _say(f"test, blurred input d:  {_fmt(blurred)}")
     _say(f"test, A^T d:            {_fmt(adjoint)}")
@@ -462,7 +477,7 @@ def train_and_evaluate(
     total_s = time.perf_counter() - t_begin
     ms_per_step = 1e3 * float(np.mean(step_times)) if step_times else None
     results = {
-        "config": config_json,
+        "config": config_record,
         "psnr_conventions": {
             "standard": "images mapped to [0, 1]: PSNR = 10 log10(1 / MSE), SSIM with "
             "max_val 1 (jfbjax.imaging.metrics)",
@@ -515,7 +530,7 @@ def train_and_evaluate(
             "restorations": grid_path,
         },
     }
-    results = _jsonable(results)
+    results = jsonable(results)
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     return results
