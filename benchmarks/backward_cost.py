@@ -51,10 +51,7 @@ import argparse
 import copy
 import functools
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -65,6 +62,7 @@ import optax
 from flax import nnx
 
 import jfbjax
+from benchmarks.common import command_line, device_description, machine_name, markdown_table
 from experiments.configs import get_config
 from jfbjax.imaging.noise import degrade
 from jfbjax.models import DEGRAD, DnCNN, freeze_spectral_norm
@@ -135,15 +133,6 @@ QUICK = dict(
     repeat=1,
     warm_steps=1,
 )
-
-
-def machine_name() -> str:
-    """``cpu``, or ``gpu_<kind>`` from the first device's kind (``NVIDIA H200`` -> ``gpu_h200``)."""
-    dev = jax.devices()[0]
-    if dev.platform == "cpu":
-        return "cpu"
-    kind = dev.device_kind.lower().replace("nvidia", "").strip()
-    return f"{dev.platform}_" + "_".join(kind.split()).replace("-", "_")
 
 
 def backward_mode(name: str, config) -> jfbjax.JFB | jfbjax.IFT | jfbjax.Neumann | jfbjax.Unrolled:
@@ -540,6 +529,23 @@ def summarise(result: dict) -> dict:
     return {"memory_slopes": slopes, "jfb_ratios": ratios}
 
 
+def _sweep_table(records, key, values, modes, shared, first_cols) -> list[str]:
+    """One row per swept value: the ``shared`` fields (same for every mode),
+    then each mode's step time and compiled peak, "skipped" where not measured."""
+    rows = []
+    for v in values:
+        rs = {r["mode"]: r for r in records if r[key] == v}
+        if not rs:
+            continue
+        any_r = next(iter(rs.values()))
+        cells = [str(v)] + [f"{any_r[f]:.3g}" for f in shared]
+        cells += [f"{rs[m]['step_ms']:.4g}" if m in rs else "skipped" for m in modes]
+        cells += [_mb(rs[m]["step_peak_bytes"]) if m in rs else "skipped" for m in modes]
+        rows.append(cells)
+    header = [*first_cols, *(f"{m} ms" for m in modes), *(f"{m} MiB" for m in modes)]
+    return markdown_table(header, rows)
+
+
 def to_markdown(result: dict) -> str:
     meta = result["meta"]
     modes, size_modes = meta["modes"], meta["size_modes"]
@@ -556,27 +562,15 @@ def to_markdown(result: dict) -> str:
         "## Train step time (ms) and compiled peak memory (MiB) against forward iterations "
         f"({meta['image_size']}x{meta['image_size']})",
         "",
-        "| iters | fwd ms | VJP ms | VJP/sample ms | "
-        + " | ".join(f"{m} ms" for m in modes)
-        + " | "
-        + " | ".join(f"{m} MiB" for m in modes)
-        + " |",
-        "|" + "---|" * (4 + 2 * len(modes)),
     ]
-    for it in meta["iters"]:
-        rs = {r["mode"]: r for r in result["iterations"] if r["iters"] == it}
-        if not rs:
-            continue
-        any_r = next(iter(rs.values()))
-        cells = [
-            str(it),
-            f"{any_r['fwd_ms']:.3g}",
-            f"{any_r['vjp_ms']:.3g}",
-            f"{any_r['vjp_vmap_ms']:.3g}",
-        ]
-        cells += [f"{rs[m]['step_ms']:.4g}" if m in rs else "skipped" for m in modes]
-        cells += [_mb(rs[m]["step_peak_bytes"]) if m in rs else "skipped" for m in modes]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += _sweep_table(
+        result["iterations"],
+        "iters",
+        meta["iters"],
+        modes,
+        ["fwd_ms", "vjp_ms", "vjp_vmap_ms"],
+        ["iters", "fwd ms", "VJP ms", "VJP/sample ms"],
+    )
     fwd_mem = {r["iters"]: r["fwd_peak_bytes"] for r in result["iterations"]}
     lines += [
         "",
@@ -625,22 +619,15 @@ def to_markdown(result: dict) -> str:
         "",
         f"## Train step time (ms) against image size ({meta['size_iters']} forward iterations)",
         "",
-        "| size | fwd ms | VJP ms | "
-        + " | ".join(f"{m} ms" for m in size_modes)
-        + " | "
-        + " | ".join(f"{m} MiB" for m in size_modes)
-        + " |",
-        "|" + "---|" * (3 + 2 * len(size_modes)),
     ]
-    for size in meta["sizes"]:
-        rs = {r["mode"]: r for r in result["sizes"] if r["image_size"] == size}
-        if not rs:
-            continue
-        any_r = next(iter(rs.values()))
-        cells = [str(size), f"{any_r['fwd_ms']:.3g}", f"{any_r['vjp_ms']:.3g}"]
-        cells += [f"{rs[m]['step_ms']:.4g}" if m in rs else "skipped" for m in size_modes]
-        cells += [_mb(rs[m]["step_peak_bytes"]) if m in rs else "skipped" for m in size_modes]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += _sweep_table(
+        result["sizes"],
+        "image_size",
+        meta["sizes"],
+        size_modes,
+        ["fwd_ms", "vjp_ms"],
+        ["size", "fwd ms", "VJP ms"],
+    )
     aw = result.get("anderson_write")
     if aw:
         lines += [
@@ -864,11 +851,10 @@ def run(argv=None) -> dict:
         mp_iters = p["iters"][1] if len(p["iters"]) > 1 else p["iters"][0]
         result["mixed_precision"] = mixed_precision(bench, p["image_size"], mp_iters)
     machine = machine_name()
-    cmd = "python -m benchmarks.backward_cost " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = command_line("benchmarks.backward_cost", argv)
     result["meta"] = {
         "machine": machine,
-        "device": f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()},"
-        f" {os.cpu_count()} cores)",
+        "device": device_description(),
         "jax": jax.__version__,
         "preset": args.preset + (" (quick)" if args.quick else ""),
         "depth": int(config.model.depth),

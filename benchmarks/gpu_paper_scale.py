@@ -36,8 +36,6 @@ import argparse
 import copy
 import itertools
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -47,7 +45,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 import jfbjax
-from benchmarks.backward_cost import Bench, backward_mode, build, fixed_solver, machine_name
+from benchmarks.backward_cost import Bench, backward_mode, build, fixed_solver
+from benchmarks.common import command_line, device_description, machine_name
 from experiments.configs import get_config
 from jfbjax.models import freeze_spectral_norm, solver_from_config
 from jfbjax.training.profiling import time_call
@@ -201,12 +200,11 @@ def run(argv=None) -> dict:
                 )
         rows[-1]["flops_pieces"] = flops
     machine = machine_name()
-    cmd = "python -m benchmarks.gpu_paper_scale " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = command_line("benchmarks.gpu_paper_scale", argv)
     result = {
         "meta": {
             "machine": machine,
-            "device": f"{jax.devices()[0].device_kind} ({len(jax.devices())} device(s); host "
-            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+            "device": device_description(),
             "jax": jax.__version__,
             "batch": batch,
             "image_size": size,

@@ -55,10 +55,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -69,7 +66,8 @@ import optax
 from flax import nnx
 
 import jfbjax
-from benchmarks.backward_cost import Bench, images, machine_name
+from benchmarks.backward_cost import Bench, images
+from benchmarks.common import command_line, device_description, machine_name
 from experiments.configs import get_config
 from jfbjax.imaging.noise import degrade
 from jfbjax.models import freeze_spectral_norm
@@ -552,12 +550,11 @@ def run(argv=None) -> dict:
         if k != "jfbjax_anderson_ift"
     }
     machine = machine_name()
-    cmd = "python -m benchmarks.peers " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = command_line("benchmarks.peers", argv)
     result = {
         "meta": {
             "machine": machine,
-            "device": f"{jax.devices()[0].device_kind} "
-            f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+            "device": device_description(),
             "jax": jax.__version__,
             "depth": int(prob.config.model.depth),
             "features": int(prob.config.model.features),

@@ -29,10 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import jax
@@ -40,17 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import jfbjax
+from benchmarks.common import device_description, machine_name
+from jfbjax.training.profiling import time_call
 
 
 def timed(fn, *args, repeat: int) -> float:
-    """Median wall time in milliseconds of a compiled call (compiled first)."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    """Median wall time in milliseconds of a compiled call (one warm-up call first)."""
+    return 1e3 * time_call(fn, *args, repeats=repeat)["median_s"]
 
 
 # ---------------------------------------------------------------- problems
@@ -214,13 +206,6 @@ def run_case(name, f, params, x, z0, tol, max_iter, repeat, with_jaxopt):
     return row
 
 
-def machine_name() -> str:
-    dev = jax.devices()[0]
-    if dev.platform == "cpu":
-        return "cpu"
-    return dev.device_kind.lower().replace(" ", "-")
-
-
 def to_markdown(rows, meta) -> str:
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
@@ -332,8 +317,7 @@ def main(argv=None):
     machine = machine_name()
     meta = {
         "machine": machine,
-        "device": f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores)",
+        "device": device_description(),
         "jax": jax.__version__,
         "tol": args.tol,
         "max_iter": args.max_iter,

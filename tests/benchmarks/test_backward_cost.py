@@ -9,7 +9,7 @@ import json
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import backward_cost
+from benchmarks import backward_cost, common
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,18 @@ def test_anderson_one_hot_write_matches_the_scatter_and_removes_it():
 
 
 def test_machine_name_is_cpu_here():
-    assert backward_cost.machine_name() == "cpu"
+    assert common.machine_name() == "cpu"
+
+
+def test_markdown_table_and_command_line():
+    lines = common.markdown_table(["a", "b"], [[1, "x"], [2.5, None]])
+    assert lines == ["| a | b |", "|---|---|", "| 1 | x |", "| 2.5 | None |"]
+    with pytest.raises(ValueError, match="row has 1 cells, header has 2"):
+        common.markdown_table(["a", "b"], [[1]])
+    assert common.command_line("benchmarks.x", ["--quick", "--seed", "1"]) == (
+        "python -m benchmarks.x --quick --seed 1"
+    )
+    assert "cores" in common.device_description()
 
 
 def test_fixed_solver_runs_exactly_its_iterations():
