@@ -740,6 +740,9 @@ def run(argv=None) -> dict:
     )
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument(
+        "--batch", type=int, default=None, help="batch size (default: the preset's)"
+    )
+    parser.add_argument(
         "--unrolled_max_iter",
         type=int,
         default=None,
@@ -776,6 +779,10 @@ def run(argv=None) -> dict:
         p["iters"] = tuple(int(v) for v in args.iters.split(","))
     if args.sizes:
         p["sizes"] = tuple(int(v) for v in args.sizes.split(","))
+    if args.batch is not None:
+        if args.batch < 1:
+            parser.error(f"--batch must be >= 1, got {args.batch}")
+        p["batch"] = args.batch
     if args.full:
         p.update(
             unrolled_max_iter=None,

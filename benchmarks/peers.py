@@ -156,7 +156,7 @@ def jax_solvers(
     try:
         import jaxopt
     except ImportError:
-        skipped.append("jaxopt: not installed (pip install jaxopt)")
+        skipped.append('jaxopt: not installed (pip install -e ".[peers]")')
     else:
         # jaxopt's default adjoint solve is normal CG with jax's default cap of 10 x the
         # dimension: on this ill-conditioned adjoint a single step took minutes. It gets
@@ -190,7 +190,7 @@ def jax_solvers(
         import lineax as lx
         import optimistix as optx
     except ImportError:
-        skipped.append("optimistix: not installed (pip install optimistix)")
+        skipped.append('optimistix: not installed (pip install -e ".[peers]")')
     else:
 
         def optx_one(params, z0, d):
@@ -526,7 +526,7 @@ def run(argv=None) -> dict:
             import torch  # noqa: F401
             import torchdeq  # noqa: F401
         except ImportError as e:
-            skipped.append(f"torchdeq: not installed ({e.name}; pip install torch torchdeq)")
+            skipped.append(f'torchdeq: not installed ({e.name}; pip install -e ".[peers-torch]")')
         else:
             print("  torchdeq", flush=True)
             t = measure_torchdeq(

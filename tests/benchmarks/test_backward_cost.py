@@ -29,11 +29,20 @@ def quick(tmp_path_factory):
             "0",
             "--repeat",
             "1",
+            "--batch",
+            "3",
             "--out",
             str(out),
         ]
     )
     return out, result
+
+
+def test_batch_option_sets_the_batch_and_rejects_zero(quick):
+    _, result = quick
+    assert result["meta"]["batch"] == 3
+    with pytest.raises(SystemExit):
+        backward_cost.run(["--quick", "--batch", "0"])
 
 
 def test_writes_tables_json_and_plot(quick):
