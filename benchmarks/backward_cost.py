@@ -526,7 +526,23 @@ def summarise(result: dict) -> dict:
                     "vmapped_vjp_over_vjp": r["vjp_vmap_ms"] / r["vjp_ms"],
                 }
             )
-    return {"memory_slopes": slopes, "jfb_ratios": ratios}
+    return {
+        "memory_slopes": slopes,
+        "jfb_ratios": ratios,
+        "over_jfb": _over_jfb(rows, "iters") + _over_jfb(result.get("sizes", []), "image_size"),
+    }
+
+
+def _over_jfb(records, key) -> list[dict]:
+    """Each mode's step time over JFB's at the same swept value (same forward work)."""
+    out = []
+    for v in sorted({r[key] for r in records}):
+        rs = {r["mode"]: r for r in records if r[key] == v}
+        if "jfb" in rs and len(rs) > 1:
+            jfb = rs["jfb"]["step_ms"]
+            ratios = {m: r["step_ms"] / jfb for m, r in rs.items() if m != "jfb"}
+            out.append({"sweep": key, "value": v, "iters": rs["jfb"]["iters"], **ratios})
+    return out
 
 
 def _sweep_table(records, key, values, modes, shared, first_cols) -> list[str]:
@@ -614,6 +630,25 @@ def to_markdown(result: dict) -> str:
             f"| {r['iters']} | {r['jfb_over_fwd_plus_vjp']:.2f} "
             f"| {r['jfb_over_fwd_plus_vmapped_vjp']:.2f} "
             f"| {r['vmapped_vjp_over_vjp']:.2f} |"
+        )
+    over = s.get("over_jfb", [])
+    if over:
+        others = sorted({k for r in over for k in r} - {"sweep", "value", "iters"})
+        lines += [
+            "",
+            "### Step time over JFB's (same image size and forward iterations)",
+            "",
+        ]
+        lines += markdown_table(
+            ["size", "iters", *others],
+            [
+                [
+                    r["value"] if r["sweep"] == "image_size" else meta["image_size"],
+                    r["iters"],
+                    *(f"{r[m]:.2f}x" if m in r else "–" for m in others),
+                ]
+                for r in over
+            ],
         )
     lines += [
         "",

@@ -83,6 +83,17 @@ def test_implicit_modes_memory_is_flat_and_unrolled_grows(quick):
     assert by[("jfb", 2)]["fwd_peak_bytes"] == by[("jfb", 12)]["fwd_peak_bytes"]
 
 
+def test_step_time_over_jfb_reported(quick):
+    _, result = quick
+    over = result["summary"]["over_jfb"]
+    assert [r["iters"] for r in over] == [2, 12]
+    by = {(r["mode"], r["iters"]): r["step_ms"] for r in result["iterations"]}
+    for r in over:
+        assert r["ift_anderson"] == by[("ift_anderson", r["iters"])] / by[("jfb", r["iters"])]
+    (md,) = quick[0].glob("backward_cost_*_quick.md")
+    assert "### Step time over JFB's" in md.read_text()
+
+
 def test_jfb_ratios_reported(quick):
     _, result = quick
     ratios = result["summary"]["jfb_ratios"]
