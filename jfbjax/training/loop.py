@@ -350,6 +350,13 @@ def train_and_evaluate(
         f"{config.backward.name}; devices: {dp.describe()}"
     )
     log = _MetricsLog(metrics_path, keep_until=start if resume else None)
+    # Training seconds before this process: on resume, the newest kept record's
+    # total (records after the checkpoint were dropped), so the clock continues.
+    time_before = max(
+        (r for r in log.read() if "train_time_s" in r),
+        key=lambda r: r["step"],
+        default={"train_time_s": 0.0},
+    )["train_time_s"]
     train_step = make_train_step(graphdef, tx, blur, noise_std, dp, schedule)
     eval_step = make_eval_step(graphdef, dp)
     eval_bs = int(config.eval_batch_size)
@@ -359,9 +366,13 @@ def train_and_evaluate(
         test, x_hat = score_model(eval_step, state.params, state.rest, d_test, x_test, eval_bs, dp)
         return val, test, x_hat
 
+    def train_time() -> float:
+        # Seconds spent in training steps so far, over every process that worked on
+        # this run (compilation included, evaluations not).
+        return time_before + (compile_s or 0.0) + float(np.sum(step_times))
+
     def record_eval(step: int, val: dict, test: dict) -> dict:
-        # Seconds spent in training steps so far (compilation included, evaluations not).
-        record = {"step": step, "train_time_s": (compile_s or 0.0) + float(np.sum(step_times))}
+        record = {"step": step, "train_time_s": train_time()}
         record.update({f"val/{k}": v for k, v in val.items()})
         record.update({f"test/{k}": v for k, v in test.items()})
         log.write(record)
@@ -411,6 +422,7 @@ def train_and_evaluate(
                     agg = np.max if k == "max_iterations" else np.mean
                     record[f"train/{k}"] = float(agg([m[k] for m in window]))
                 record["train/ms_per_step"] = 1e3 * float(np.mean(step_times[-len(window) :]))
+                record["train_time_s"] = train_time()
                 log.write(record)
                 window = []
             if done % int(config.checkpoint_every) == 0 and done < steps:

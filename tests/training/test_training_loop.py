@@ -81,6 +81,14 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
 
     assert train_steps(crashed) == train_steps(tmp_path / "straight") == [2, 4, 6, 8]
 
+    # The training clock continues across the crash: the resumed process adds its
+    # own time to the total recorded at the checkpoint (step 6).
+    with open(os.path.join(crashed, "metrics.jsonl")) as f:
+        clock = {r["step"]: r["train_time_s"] for r in map(json.loads, f) if "train_time_s" in r}
+    assert sorted(clock) == [2, 4, 6, 8]
+    assert clock[2] <= clock[4] <= clock[6] < clock[8]
+    assert clock[8] >= clock[6] + resumed["timing"]["first_step_s"]
+
 
 def test_resume_needs_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
