@@ -191,6 +191,17 @@ def learned_runs(base: ml_collections.ConfigDict, settings) -> list[LearnedRun]:
 # Training (reused or resumed when the folder holds the same run)
 
 
+def _complete(workdir: str) -> bool:
+    """A finished run that can be measured: its results and its final checkpoint.
+
+    The results, metrics and config of ``results/<preset>/runs`` are committed
+    to the repository without checkpoints, so a fresh clone holds records
+    that cannot be reused."""
+    return os.path.exists(os.path.join(workdir, "results.json")) and os.path.isdir(
+        os.path.join(workdir, "checkpoints", "latest")
+    )
+
+
 def _train(run: LearnedRun, workdir: str, out: str, progress: bool) -> dict:
     """Trains ``run`` into ``workdir`` unless it is there already; returns its results."""
     results_path = os.path.join(workdir, "results.json")
@@ -205,10 +216,13 @@ def _train(run: LearnedRun, workdir: str, out: str, progress: bool) -> dict:
                 f"error: {workdir} holds a run with a different configuration; "
                 f"rerun with --fresh to retrain everything in {out}, or choose another --out"
             )
-        if os.path.exists(results_path):
+        if _complete(workdir):
             with open(results_path) as f:
                 return json.load(f)
-        if os.path.isdir(os.path.join(workdir, "checkpoints", "latest")):
+        if os.path.exists(results_path):  # a record without its checkpoint (a fresh clone)
+            _say(f"{workdir}: finished run without a checkpoint; training it again")
+            shutil.rmtree(workdir)
+        elif os.path.isdir(os.path.join(workdir, "checkpoints", "latest")):
             resume = True
         else:  # killed before its first checkpoint: nothing worth keeping
             shutil.rmtree(workdir)
@@ -511,7 +525,7 @@ def run_comparison(
     dp = DataParallel.create()
     for run in runs:
         workdir = os.path.join(out, "runs", run.method, f"seed{run.seed}")
-        if skip_missing and not os.path.exists(os.path.join(workdir, "results.json")):
+        if skip_missing and not _complete(workdir):
             _say(f"skipping {run.method} (seed {run.seed}): not trained yet")
             continue
         results = _train(run, workdir, out, progress)

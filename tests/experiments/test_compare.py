@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -113,6 +114,19 @@ def test_rerun_reuses_runs_and_refuses_a_changed_config(smoke):
     assert os.path.getmtime(results) == before  # not retrained
     with pytest.raises(SystemExit, match="different configuration"):
         compare.main([*argv, "--methods", "jfb", "--set", "optim.lr=0.5"])
+
+
+def test_a_run_record_without_checkpoints_is_trained_again(smoke, tmp_path):
+    # what a fresh clone holds: results/<preset>/runs without checkpoints
+    out, argv, _ = smoke
+    argv = [a if a != str(out) else str(tmp_path) for a in argv]
+    shutil.copytree(out / "runs" / "jfb", tmp_path / "runs" / "jfb")
+    shutil.rmtree(tmp_path / "runs" / "jfb" / "seed0" / "checkpoints")
+    skipped = compare.main([*argv, "--skip_missing", "--methods", "jfb"])
+    assert skipped["rows"] == []  # not measurable: no checkpoint
+    table = compare.main([*argv, "--methods", "jfb"])
+    assert [r["method"] for r in table["rows"]] == ["jfb"]
+    assert (tmp_path / "runs" / "jfb" / "seed0" / "checkpoints" / "latest").is_dir()
 
 
 def test_skip_missing_tabulates_only_finished_runs(smoke, tmp_path):
