@@ -36,9 +36,9 @@ from jfbjax.solvers import Anderson, iterate
 from jfbjax.training.loop import evaluation_images
 from jfbjax.training.restore import load_run
 
-#: Layers computed in float32 in each variant (``None``: all of them).
+#: Layers computed in float32 in each variant; the others use the run's low dtype.
 VARIANTS = {
-    "as trained": (),
+    "all low precision": (),
     "first conv float32": (0,),
     "first + last conv float32": (0, -1),
     "all float32": None,
@@ -48,8 +48,9 @@ VARIANTS = {
 def _variant(model, layers):
     m = nnx.clone(model)
     convs = m.regulariser.layers
-    for i in range(len(convs)) if layers is None else layers:
-        convs[i].dtype = jnp.dtype("float32")
+    high = set(range(len(convs))) if layers is None else {i % len(convs) for i in layers}
+    for i, conv in enumerate(convs):
+        conv.dtype = jnp.dtype("float32") if i in high else m.regulariser.dtype
     return m
 
 

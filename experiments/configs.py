@@ -26,7 +26,7 @@ DnCNN regulariser, ``spectral_norm``, ``eta_init`` (initial step size of the
 DE-GRAD map), ``learn_eta`` (train eta or keep it fixed), ``clamp`` (clip
 the map's output to [-1, 1]), ``dtype`` (compute dtype of the DnCNN's
 convolutions: float32 | bfloat16, mixed precision with float32 accumulation;
-the solver state and norms stay float32).
+the first convolution, the solver state and norms stay float32).
 ``solver``: forward fixed-point solver: ``name`` (anderson|picard), ``m``
 (Anderson memory), ``beta`` (mixing / damping), ``ridge`` (Anderson
 regularisation), ``tol`` (relative residual), ``max_iter``.

@@ -14,11 +14,17 @@ public code has that defect.
 Optionally each convolution is spectrally normalised (:class:`SpectralConv`)
 to help keep the DE-GRAD map contractive.
 
-Mixed precision: with ``dtype="bfloat16"`` every convolution casts its input
-and its (normalised) kernel to bfloat16 and accumulates into a float32
-output (``preferred_element_type``); biases, ReLUs, the spectral norm's power
-iteration and everything outside ``R`` (the DE-GRAD iterate, the solver
-state, norms) stay float32. Parameters are stored in float32 either way.
+Mixed precision: with ``dtype="bfloat16"`` every convolution but the first
+casts its input and its (normalised) kernel to bfloat16 and accumulates into
+a float32 output (``preferred_element_type``); biases, ReLUs, the spectral
+norm's power iteration and everything outside ``R`` (the DE-GRAD iterate, the
+solver state, norms) stay float32. Parameters are stored in float32 either
+way. The first convolution reads the iterate ``x`` itself and stays float32:
+rounding ``x`` to bfloat16 moved ``T(x*)`` by 2.3e-4 of its norm on the
+trained cpu model, against 8.4e-5 with the first convolution in float32,
+close to the solver's 1e-3 tolerance
+(``benchmarks/results/precision_floor_cpu.md``). It is the cheapest layer
+(``channels`` inputs).
 """
 
 from __future__ import annotations
@@ -237,8 +243,9 @@ class DnCNN(nnx.Module):
       features: channels of the hidden layers.
       spectral_norm: use :class:`SpectralConv` layers.
       dtype: compute dtype of the convolutions: ``"float32"`` (default) or
-        ``"bfloat16"`` (mixed precision: inputs and kernels cast to bfloat16,
-        float32 accumulation and output; see the module docstring).
+        ``"bfloat16"`` (mixed precision: inputs and kernels of every
+        convolution but the first cast to bfloat16, float32 accumulation and
+        output; see the module docstring).
         ``"float16"`` is accepted too. Parameters stay float32.
       rngs: initialisation keys.
 
@@ -263,11 +270,10 @@ class DnCNN(nnx.Module):
             raise ValueError(f"DnCNN features must be an integer >= 1, got {features!r}")
         sizes = [channels] + [features] * (depth - 1) + [channels]
 
-        low = dtype != jnp.float32
-
-        def conv(c_in: int, c_out: int) -> nnx.Module:
+        def conv(c_in: int, c_out: int, dtype: jnp.dtype) -> nnx.Module:
             if spectral_norm:
                 return SpectralConv(c_in, c_out, dtype=dtype, rngs=rngs)
+            low = dtype != jnp.float32
             return nnx.Conv(
                 c_in,
                 c_out,
@@ -279,7 +285,12 @@ class DnCNN(nnx.Module):
                 rngs=rngs,
             )
 
-        self.layers = nnx.List([conv(a, b) for a, b in itertools.pairwise(sizes)])
+        # The first convolution reads the iterate itself: it stays float32, because
+        # rounding x puts a floor under the solver's residual (module docstring).
+        dtypes = [jnp.dtype(jnp.float32)] + [dtype] * (depth - 1)
+        self.layers = nnx.List(
+            [conv(a, b, t) for (a, b), t in zip(itertools.pairwise(sizes), dtypes, strict=True)]
+        )
         last = self.layers[-1]
         last.kernel[...] = jnp.zeros_like(last.kernel[...])
         last.bias[...] = jnp.zeros_like(last.bias[...])

@@ -55,6 +55,18 @@ def test_bfloat16_convolutions_in_the_lowered_program(spectral_norm):
     assert "bf16" in hlo16 and "bf16" not in hlo32
 
 
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_the_first_convolution_stays_float32(spectral_norm):
+    # it reads the iterate itself; rounding that would floor the solver's residual
+    _, m16 = _pair(spectral_norm)
+    first, *rest = m16.layers
+    assert (first.dtype if spectral_norm else first.dtype or jnp.float32) == jnp.float32
+    assert all(layer.dtype == jnp.bfloat16 for layer in rest)
+    x = _x((1, 8, 8, 3))
+    hlo = jax.jit(lambda x: first(x)).lower(x).as_text()
+    assert "bf16" not in hlo
+
+
 def test_unbatched_input_and_bad_dtype():
     _, m16 = _pair(True)
     x = _x((8, 8, 3))
