@@ -248,7 +248,13 @@ def _train(run: LearnedRun, workdir: str, out: str, progress: bool) -> dict:
 def _measure_learned(run: Run, x_train: np.ndarray, eval_batch: int, repeats: int) -> dict:
     """Train-step time, forward time (backward = the difference), compiled peak
     memory of the train step, and inference time per image, for the trained
-    parameters of ``run`` on a training batch."""
+    parameters of ``run`` on a training batch.
+
+    Every timed train step starts from the same state (a fresh copy: the step
+    donates it), and the forward is timed on the very images the step
+    degrades (same noise key), so both solve the same problem with the same
+    iterations and their difference is the backward pass plus the update.
+    """
     config = run.config
     dp = DataParallel.create()
     steps = int(config.steps)
@@ -260,18 +266,17 @@ def _measure_learned(run: Run, x_train: np.ndarray, eval_batch: int, repeats: in
     clean = dp.shard_batch(x_train)
     compiled = train_step.lower(state, clean).compile()
     memory = compiled_memory(compiled)
-    holder = [state]
+    copies = [jax.tree.map(jnp.copy, state) for _ in range(repeats + 1)]  # + the warm-up
 
     def one_step():
-        holder[0], metrics = compiled(holder[0], clean)  # the state is donated
+        _, metrics = compiled(copies.pop(), clean)  # each copy is donated
         return metrics
 
     step_t = time_call(one_step, repeats=repeats)
     eval_step = make_eval_step(graphdef, dp)
-    d = dp.shard_batch(
-        np.asarray(degrade(jax.random.PRNGKey(1), jnp.asarray(x_train), run.blur, run.noise_std))
-    )
-    params, rest = holder[0].params, holder[0].rest
+    key = jax.random.fold_in(state.key, state.step)  # the noise the train step draws
+    d = dp.shard_batch(np.asarray(degrade(key, jnp.asarray(x_train), run.blur, run.noise_std)))
+    params, rest = state.params, state.rest
     fwd_t = time_call(eval_step, params, rest, d, repeats=repeats)
     n = len(x_train)
     d_eval = dp.shard_batch(np.resize(np.asarray(d), (eval_batch, *d.shape[1:])))
