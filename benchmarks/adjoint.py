@@ -29,10 +29,8 @@ iterations; at ``q = 0.995`` and ``tol = 1e-4`` that is ~1800.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -40,12 +38,12 @@ import numpy as np
 from flax import nnx
 
 import jfbjax
-from benchmarks.common import command_line, device_description, machine_name, markdown_table
+from benchmarks.common import markdown_table, run_meta, write_result
 from jfbjax.data.loader import load_data_from_config
 from jfbjax.models import freeze_spectral_norm
 from jfbjax.solvers import Anderson, Picard, iterate
 from jfbjax.training.loop import evaluation_images
-from jfbjax.training.restore import load_run
+from jfbjax.training.restore import Run, load_run
 
 
 def _first_below(trace: np.ndarray, tol: float) -> int | None:
@@ -53,9 +51,8 @@ def _first_below(trace: np.ndarray, tol: float) -> int | None:
     return int(hit[0]) + 1 if hit.size else None
 
 
-def measure(run_dir: str, n: int, tol: float, fwd_tol: float, fwd_iters: int, iters: int) -> dict:
-    """The per-image measurements (see the module docstring)."""
-    run = load_run(run_dir)
+def measure(run: Run, n: int, tol: float, fwd_tol: float, fwd_iters: int, iters: int) -> dict:
+    """The per-image measurements (see the module docstring) for a loaded run."""
     config = run.config
     data = load_data_from_config(config)
     d_val, _ = evaluation_images(config, data, run.blur)
@@ -190,33 +187,24 @@ def run(argv=None) -> dict:
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     start = time.perf_counter()
-    config = load_run(args.run).config
-    tol = float(config.backward.tol) if args.tol is None else args.tol
-    result = measure(args.run, args.n, tol, args.fwd_tol, args.fwd_iters, args.iters)
-    machine = machine_name()
-    result["meta"] = {
-        "machine": machine,
-        "device": device_description(),
-        "jax": jax.__version__,
-        "dtype": result.pop("dtype"),
-        "eta": result.pop("eta"),
-        "run": args.run,
-        "tol": tol,
-        "fwd_tol": args.fwd_tol,
-        "fwd_iters": args.fwd_iters,
-        "iters": args.iters,
-        "gmres_matvecs": 20 * max(1, args.iters // 20),
-        "command": command_line("benchmarks.adjoint", argv),
-        "wall_s": time.perf_counter() - start,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"adjoint_{machine}" + ("_x64" if args.x64 else "")
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    md = to_markdown(result)
-    (out / f"{stem}.md").write_text(md)
-    print(md)
-    result["paths"] = [str(out / f"{stem}.{e}") for e in ("md", "json")]
+    run = load_run(args.run)
+    tol = float(run.config.backward.tol) if args.tol is None else args.tol
+    result = measure(run, args.n, tol, args.fwd_tol, args.fwd_iters, args.iters)
+    result["meta"] = run_meta(
+        "benchmarks.adjoint",
+        argv,
+        start,
+        dtype=result.pop("dtype"),
+        eta=result.pop("eta"),
+        run=args.run,
+        tol=tol,
+        fwd_tol=args.fwd_tol,
+        fwd_iters=args.fwd_iters,
+        iters=args.iters,
+        gmres_matvecs=20 * max(1, args.iters // 20),
+    )
+    stem = f"adjoint_{result['meta']['machine']}" + ("_x64" if args.x64 else "")
+    result["paths"] = write_result(args.out, stem, result, to_markdown(result))
     return result
 
 

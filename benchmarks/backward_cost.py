@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import json
 import statistics
 import time
 from pathlib import Path
@@ -62,7 +61,7 @@ import optax
 from flax import nnx
 
 import jfbjax
-from benchmarks.common import command_line, device_description, machine_name, markdown_table
+from benchmarks.common import markdown_table, run_meta, write_result
 from experiments.configs import get_config
 from jfbjax.imaging.noise import degrade
 from jfbjax.models import DEGRAD, DnCNN, freeze_spectral_norm
@@ -892,43 +891,36 @@ def run(argv=None) -> dict:
         print("  mixed precision", flush=True)
         mp_iters = p["iters"][1] if len(p["iters"]) > 1 else p["iters"][0]
         result["mixed_precision"] = mixed_precision(bench, p["image_size"], mp_iters)
-    machine = machine_name()
-    cmd = command_line("benchmarks.backward_cost", argv)
-    result["meta"] = {
-        "machine": machine,
-        "device": device_description(),
-        "jax": jax.__version__,
-        "preset": args.preset + (" (quick)" if args.quick else ""),
-        "depth": int(config.model.depth),
-        "features": int(config.model.features),
-        "spectral_norm": bool(config.model.spectral_norm),
-        "batch": p["batch"],
-        "image_size": p["image_size"],
-        "iters": list(p["iters"]),
-        "sizes": list(p["sizes"]) if not args.no_sizes else [],
-        "size_iters": p["size_iters"],
-        "anderson_m": int(config.solver.m),
-        "ift_tol": float(config.backward.tol),
-        "ift_max_iter": int(config.backward.max_iter),
-        "repeat": repeat,
-        "modes": modes,
-        "size_modes": size_modes if not args.no_sizes else [],
-        "command": cmd.strip(),
-        "wall_s": time.perf_counter() - start,
-    }
+    result["meta"] = run_meta(
+        "benchmarks.backward_cost",
+        argv,
+        start,
+        preset=args.preset + (" (quick)" if args.quick else ""),
+        depth=int(config.model.depth),
+        features=int(config.model.features),
+        spectral_norm=bool(config.model.spectral_norm),
+        batch=p["batch"],
+        image_size=p["image_size"],
+        iters=list(p["iters"]),
+        sizes=list(p["sizes"]) if not args.no_sizes else [],
+        size_iters=p["size_iters"],
+        anderson_m=int(config.solver.m),
+        ift_tol=float(config.backward.tol),
+        ift_max_iter=int(config.backward.max_iter),
+        repeat=repeat,
+        modes=modes,
+        size_modes=size_modes if not args.no_sizes else [],
+    )
+    machine = result["meta"]["machine"]
     result["summary"] = summarise(result)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"backward_cost_{machine}" + ("_quick" if args.quick else "")
     if args.preset != "cpu" and machine == "cpu":
         stem += f"_{args.preset}"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    md = to_markdown(result)
-    (out / f"{stem}.md").write_text(md)
+    paths = write_result(out, stem, result, to_markdown(result))
     plot(result, out / f"{stem}.png")
-    print(md)
     print(f"wrote {out / stem}.md, .json and .png")
-    result["paths"] = [str(out / f"{stem}.{e}") for e in ("md", "json", "png")]
+    result["paths"] = [*paths, str(out / f"{stem}.png")]
     return result
 
 

@@ -6,14 +6,24 @@ Timing and compiled memory come from :mod:`jfbjax.training.profiling`.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
+import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import jax
 
-__all__ = ["command_line", "device_description", "machine_name", "markdown_table"]
+__all__ = [
+    "command_line",
+    "device_description",
+    "machine_name",
+    "markdown_table",
+    "run_meta",
+    "write_result",
+]
 
 
 def machine_name() -> str:
@@ -53,3 +63,28 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> l
             raise ValueError(f"row has {len(cells)} cells, header has {len(header)}: {cells}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def run_meta(module: str, argv: Sequence[str] | None, start: float, **fields) -> dict:
+    """The ``meta`` record of a result: machine, device and jax version, then
+    ``fields``, then the reproducing command and the wall time since ``start``
+    (a ``time.perf_counter()`` reading)."""
+    return {
+        "machine": machine_name(),
+        "device": device_description(),
+        "jax": jax.__version__,
+        **fields,
+        "command": command_line(module, argv),
+        "wall_s": time.perf_counter() - start,
+    }
+
+
+def write_result(out: str | Path, stem: str, result: dict, markdown: str) -> list[str]:
+    """Writes ``out/<stem>.json`` (``result``) and ``out/<stem>.md`` (``markdown``),
+    prints the markdown, and returns the two paths (markdown first)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{stem}.md").write_text(markdown)
+    print(markdown)
+    return [str(out / f"{stem}.md"), str(out / f"{stem}.json")]

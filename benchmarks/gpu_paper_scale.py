@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ from flax import nnx
 
 import jfbjax
 from benchmarks.backward_cost import Bench, backward_mode, build, fixed_solver
-from benchmarks.common import command_line, device_description, machine_name
+from benchmarks.common import run_meta, write_result
 from experiments.configs import get_config
 from jfbjax.models import freeze_spectral_norm, solver_from_config
 from jfbjax.training.profiling import time_call
@@ -199,40 +198,32 @@ def run(argv=None) -> dict:
                     }
                 )
         rows[-1]["flops_pieces"] = flops
-    machine = machine_name()
-    cmd = command_line("benchmarks.gpu_paper_scale", argv)
+    meta = run_meta(
+        "benchmarks.gpu_paper_scale",
+        argv,
+        start,
+        batch=batch,
+        image_size=size,
+        depth=int(config.model.depth),
+        features=int(config.model.features),
+        solver=str(trained_solver),
+        ift=str(backward_mode("ift_anderson", config)),
+        fixed_iters=iters,
+        repeat=repeat,
+        warm_steps=warm,
+        quick=args.quick,
+    )
+    machine = meta["machine"]
     result = {
-        "meta": {
-            "machine": machine,
-            "device": device_description(),
-            "jax": jax.__version__,
-            "batch": batch,
-            "image_size": size,
-            "depth": int(config.model.depth),
-            "features": int(config.model.features),
-            "solver": str(trained_solver),
-            "ift": str(backward_mode("ift_anderson", config)),
-            "fixed_iters": iters,
-            "repeat": repeat,
-            "warm_steps": warm,
-            "quick": args.quick,
-            "command": cmd.strip(),
-            "wall_s": time.perf_counter() - start,
-        },
+        "meta": meta,
         "matmul_peak": peak,
         "analytic_dncnn_flops": analytic,
         "rows": rows,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = machine if not on_cpu else "gpu_paper_scale_cpu"
     stem += "_quick" if args.quick else ""
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    md = to_markdown(result)
-    (out / f"{stem}.md").write_text(md)
-    print(md)
-    print(f"wrote {out / stem}.md and .json")
-    result["paths"] = [str(out / f"{stem}.md"), str(out / f"{stem}.json")]
+    result["paths"] = write_result(args.out, stem, result, to_markdown(result))
+    print(f"wrote {Path(args.out) / stem}.md and .json")
     return result
 
 

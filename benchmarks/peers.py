@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import time
 from pathlib import Path
@@ -67,7 +66,7 @@ from flax import nnx
 
 import jfbjax
 from benchmarks.backward_cost import Bench, images
-from benchmarks.common import command_line, device_description, machine_name
+from benchmarks.common import run_meta, write_result
 from experiments.configs import get_config
 from jfbjax.imaging.noise import degrade
 from jfbjax.models import freeze_spectral_norm
@@ -549,41 +548,33 @@ def run(argv=None) -> dict:
         for k, g in grads.items()
         if k != "jfbjax_anderson_ift"
     }
-    machine = machine_name()
-    cmd = command_line("benchmarks.peers", argv)
+    meta = run_meta(
+        "benchmarks.peers",
+        argv,
+        start,
+        depth=int(prob.config.model.depth),
+        features=int(prob.config.model.features),
+        size=prob.size,
+        batch=prob.batch,
+        tol=args.tol,
+        abs_tol=abs_tol,
+        max_iter=args.max_iter,
+        ift_tol=ift_tol,
+        ift_max_iter=ift_max_iter,
+        repeat=repeat,
+    )
+    machine = meta["machine"]
     result = {
-        "meta": {
-            "machine": machine,
-            "device": device_description(),
-            "jax": jax.__version__,
-            "depth": int(prob.config.model.depth),
-            "features": int(prob.config.model.features),
-            "size": prob.size,
-            "batch": prob.batch,
-            "tol": args.tol,
-            "abs_tol": abs_tol,
-            "max_iter": args.max_iter,
-            "ift_tol": ift_tol,
-            "ift_max_iter": ift_max_iter,
-            "repeat": repeat,
-            "command": cmd.strip(),
-            "wall_s": time.perf_counter() - start,
-            **meta_torch,
-        },
+        "meta": {**meta, **meta_torch},
         "rows": rows,
         "cos_to_jfbjax_ift": cos,
         "torch_map_rel_err": torch_err,
         "skipped": skipped,
         "failed": failed,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"peers_{machine}" + ("_quick" if args.quick else "")
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    md = to_markdown(result)
-    (out / f"{stem}.md").write_text(md)
-    print(md)
-    print(f"wrote {out / stem}.md and .json")
+    write_result(args.out, stem, result, to_markdown(result))
+    print(f"wrote {Path(args.out) / stem}.md and .json")
     return result
 
 

@@ -21,15 +21,13 @@ in float32. For each one, on ``--n`` validation images:
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from benchmarks.common import command_line, device_description, machine_name, markdown_table
+from benchmarks.common import markdown_table, run_meta, write_result
 from jfbjax.data.loader import load_data_from_config
 from jfbjax.models import freeze_spectral_norm
 from jfbjax.solvers import Anderson, iterate
@@ -106,16 +104,8 @@ def run(argv=None) -> dict:
     args = p.parse_args(argv)
     start = time.perf_counter()
     result = measure(args.run, args.n)
-    machine = machine_name()
-    meta = {
-        "machine": machine,
-        "device": device_description(),
-        "jax": jax.__version__,
-        "run": args.run,
-        "n": args.n,
-        "command": command_line("benchmarks.precision_floor", argv),
-        "wall_s": time.perf_counter() - start,
-    }
+    meta = run_meta("benchmarks.precision_floor", argv, start, run=args.run, n=args.n)
+    machine = meta["machine"]
     result["meta"] = meta
     lines = [
         f"# Low-precision convolutions in T: noise floor and solve ({machine})",
@@ -138,13 +128,7 @@ def run(argv=None) -> dict:
             ],
         ),
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"precision_floor_{machine}"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    md = "\n".join(lines) + "\n"
-    (out / f"{stem}.md").write_text(md)
-    print(md)
+    write_result(args.out, f"precision_floor_{machine}", result, "\n".join(lines) + "\n")
     return result
 
 

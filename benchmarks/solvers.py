@@ -28,7 +28,6 @@ the point; absolute CPU times depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import jax
@@ -36,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jfbjax
-from benchmarks.common import device_description, machine_name
+from benchmarks.common import device_description, machine_name, write_result
 from jfbjax.training.profiling import time_call
 
 
@@ -324,14 +323,9 @@ def main(argv=None):
         "repeat": repeat,
         "command": "python -m benchmarks.solvers" + (" --quick" if args.quick else ""),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"solvers_{machine}" + ("_quick" if args.quick else "")
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    md = to_markdown(rows, meta)
-    (out / f"{stem}.md").write_text(md)
-    print(md)
-    print(f"wrote {out / stem}.md and .json")
+    write_result(args.out, stem, {"meta": meta, "rows": rows}, to_markdown(rows, meta))
+    print(f"wrote {Path(args.out) / stem}.md and .json")
 
 
 if __name__ == "__main__":
