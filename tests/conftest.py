@@ -24,3 +24,24 @@ def x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """Factory: train the ``smoke`` preset for ``steps`` steps (warm-up 1, final
+    evaluation only) into a fresh folder, with ``key=value`` overrides as on the
+    command line. Returns ``(workdir, results)``."""
+
+    def make(*overrides: str, steps: int = 2):
+        from experiments.configs import apply_overrides, get_config
+        from jfbjax.training import train_and_evaluate
+
+        config = get_config("smoke")
+        config.steps = steps
+        config.optim.warmup = 1
+        config.eval_every = 100
+        apply_overrides(config, overrides)
+        workdir = tmp_path_factory.mktemp("run")
+        return workdir, train_and_evaluate(config, workdir, progress=False)
+
+    return make

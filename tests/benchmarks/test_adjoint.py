@@ -9,18 +9,12 @@ import numpy as np
 import pytest
 
 from benchmarks import adjoint
-from experiments.configs import get_config
-from jfbjax.training import load_run, train_and_evaluate
+from jfbjax.training import load_run
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    config = get_config("smoke")
-    config.steps = 2
-    config.optim.warmup = 1
-    config.eval_every = 100
-    workdir = tmp_path_factory.mktemp("run")
-    train_and_evaluate(config, workdir, progress=False)
+def result(tiny_run, tmp_path_factory):
+    workdir, _ = tiny_run()
     out = tmp_path_factory.mktemp("adjoint")
     argv = ["--run", str(workdir), "--n", "2", "--iters", "60", "--fwd_iters", "40"]
     return workdir, out, adjoint.run([*argv, "--out", str(out)])

@@ -3,23 +3,10 @@
 import pytest
 
 from benchmarks import precision_floor
-from experiments.configs import get_config
-from jfbjax.training import train_and_evaluate
 
 
-def _run(tmp_path_factory, dtype):
-    config = get_config("smoke")
-    config.steps = 2
-    config.optim.warmup = 1
-    config.eval_every = 100
-    config.model.dtype = dtype
-    workdir = tmp_path_factory.mktemp(f"run_{dtype}")
-    train_and_evaluate(config, workdir, progress=False)
-    return workdir
-
-
-def test_variants_from_low_precision_to_float32(tmp_path_factory):
-    workdir = _run(tmp_path_factory, "bfloat16")
+def test_variants_from_low_precision_to_float32(tiny_run, tmp_path_factory):
+    workdir, _ = tiny_run("model.dtype=bfloat16")
     out = tmp_path_factory.mktemp("floor")
     res = precision_floor.run(["--run", str(workdir), "--n", "2", "--out", str(out)])
     rows = {r["variant"]: r for r in res["rows"]}
@@ -36,7 +23,7 @@ def test_variants_from_low_precision_to_float32(tmp_path_factory):
         precision_floor.run(["--run", str(workdir), "--n", "0", "--out", str(out)])
 
 
-def test_a_float32_run_is_refused(tmp_path_factory):
-    workdir = _run(tmp_path_factory, "float32")
+def test_a_float32_run_is_refused(tiny_run):
+    workdir, _ = tiny_run("model.dtype=float32")
     with pytest.raises(ValueError, match="computes in float32"):
         precision_floor.run(["--run", str(workdir), "--out", str(workdir)])

@@ -9,21 +9,13 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs import get_config
 from jfbjax.models import DEGRAD
-from jfbjax.training import load_run, train_and_evaluate
+from jfbjax.training import load_run
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    config = get_config("smoke")
-    config.steps = 4
-    config.optim.warmup = 1
-    config.eval_every = 100
-    config.checkpoint_every = 2
-    workdir = tmp_path_factory.mktemp("run")
-    results = train_and_evaluate(config, workdir, progress=False)
-    return workdir, results
+def run_dir(tiny_run):
+    return tiny_run("checkpoint_every=2", steps=4)
 
 
 def test_load_run_reproduces_the_final_test_psnr(run_dir):
