@@ -219,12 +219,11 @@ def _train(run: LearnedRun, workdir: str, out: str, progress: bool) -> dict:
         if _complete(workdir):
             with open(results_path) as f:
                 return json.load(f)
-        if os.path.exists(results_path):  # a record without its checkpoint (a fresh clone)
-            _say(f"{workdir}: finished run without a checkpoint; training it again")
-            shutil.rmtree(workdir)
-        elif os.path.isdir(os.path.join(workdir, "checkpoints", "latest")):
+        if os.path.isdir(os.path.join(workdir, "checkpoints", "latest")):
             resume = True
-        else:  # killed before its first checkpoint: nothing worth keeping
+        else:  # no checkpoint: killed before its first one, or a committed record (fresh clone)
+            if os.path.exists(results_path):
+                _say(f"{workdir}: finished run without a checkpoint; training it again")
             shutil.rmtree(workdir)
     init_hook = None
     if run.init_from is not None:
