@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import platform
@@ -291,6 +292,25 @@ def _measure_learned(run: Run, x_train: np.ndarray, eval_batch: int, repeats: in
     }
 
 
+def _implicit_record(results: dict) -> dict:
+    """Contraction of T at the test fixed points, the IFT adjoint's convergence during
+    training and cos(JFB, IFT) of the trained model, from a run's results.json (all
+    measured by ``train_and_evaluate`` on the final parameters and these test images)."""
+    contraction = results.get("contraction") or {}
+    alignment = results.get("gradient_alignment") or {}
+    return {
+        "contraction_mean": contraction.get("test_mean"),
+        "contraction_max": contraction.get("test_max"),
+        "ift_adjoint_converged": results.get("ift_adjoint_converged_during_training"),
+        "cos_jfb_ift": alignment.get("cos_jfb_ift"),
+    }
+
+
+#: An IFT row whose training adjoints reached their tolerance less often than this
+#: is labelled as a truncated adjoint in the table.
+TRUNCATED_ADJOINT = 0.5
+
+
 def _training_time(workdir: str) -> tuple[float | None, list[tuple[float, float]]]:
     """Total training seconds and the (train seconds, test PSNR) curve of a run."""
     curve = []
@@ -341,6 +361,9 @@ def _table_md(rows: list[dict], header: dict) -> str:
         "bwd ms/step",
         "peak MB",
         "test iters",
+        "contraction mean / max",
+        "IFT adjoint conv.",
+        "cos(JFB, IFT)",
         "train time (s)",
         "infer ms/img",
     ]
@@ -362,6 +385,13 @@ def _table_md(rows: list[dict], header: dict) -> str:
             _fmt(r.get("backward_ms_per_step"), ".0f"),
             _fmt(None if peak is None else peak / 2**20, ".1f"),
             _fmt(r.get("mean_iterations"), ".1f"),
+            "–"
+            if r.get("contraction_mean") is None
+            else f"{r['contraction_mean']:.4f} / {r['contraction_max']:.4f}",
+            "–"
+            if r.get("ift_adjoint_converged") is None
+            else f"{100 * r['ift_adjoint_converged']:.0f}%",
+            _fmt(r.get("cos_jfb_ift"), ".3f"),
             _fmt(r.get("training_time_s"), ".0f"),
             _fmt(r.get("infer_ms_per_image"), ".2f"),
         ]
@@ -383,7 +413,12 @@ def _table_md(rows: list[dict], header: dict) -> str:
         "bwd ms/step: that minus the forward solve on the same batch; peak MB: XLA's "
         "memory analysis of the compiled train step; train time: seconds spent in "
         "training steps (compilation included); infer ms/img: compiled forward on an "
-        "evaluation batch, per image.",
+        "evaluation batch, per image. contraction: ||dT/dx||_2 at the test fixed points "
+        "(20 power-iteration steps; mean over images, averaged over seeds / max over "
+        "images, averaged over seeds). IFT adjoint conv.: share of the training steps' "
+        "adjoint solves that reached backward.tol (IFT rows). cos(JFB, IFT): cosine of "
+        "the trained model's JFB and IFT weight gradients on 8 test images, the IFT "
+        "adjoint by GMRES to 1e-6.",
         "",
     ]
     return "\n".join(intro + lines) + "\n"
@@ -470,6 +505,9 @@ def run_comparison(
     def add_row(method: str, per_seed: list[dict], extra: dict | None = None):
         row = _aggregate(per_seed)
         row.update(method=method, label=_label(method, settings), **(extra or {}))
+        conv = row.get("ift_adjoint_converged")
+        if conv is not None and conv < TRUNCATED_ADJOINT:
+            row["label"] += f" (truncated adjoint: {100 * conv:.0f}% of solves converged)"
         row["per_seed"] = per_seed
         rows[method] = row
 
@@ -552,6 +590,7 @@ def run_comparison(
             "num_params": int(results["model"]["num_params"]),
             "loop_ms_per_step": results["timing"]["ms_per_step"],
             "training_time_s": train_s,
+            **_implicit_record(results),
             **_measure_learned(trained, x_timing, eval_bs, repeats),
         }
         per_method.setdefault(run.method, []).append(record)
@@ -751,7 +790,8 @@ def _parse(argv):
     p = argparse.ArgumentParser(
         prog="python -m experiments.compare",
         description="Train and evaluate every deblurring method on the same data; "
-        "write OUT/table.md, OUT/table.json and figures.",
+        "write OUT/table.md, OUT/table.json and figures. --preset <p>_ablation runs "
+        "the ablation of preset <p> instead (python -m experiments.ablation).",
     )
     p.add_argument("--preset", choices=PRESETS, default="cpu")
     p.add_argument("--data", choices=("auto", "builtin", "tfds", "folder"), default=None)
@@ -781,7 +821,15 @@ def _parse(argv):
 
 
 def main(argv=None) -> dict:
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    preset = next((v for k, v in itertools.pairwise(argv) if k == "--preset"), None)
+    if preset is not None and preset.endswith("_ablation"):
+        # `--preset cpu_ablation`: the ablation of the cpu preset (experiments.ablation).
+        from experiments import ablation
+
+        rest = [x for x in argv if x not in ("--preset", preset)]
+        return ablation.main(["--preset", preset[: -len("_ablation")], *rest])
+    args = _parse(argv)
     base = get_config(args.preset)
     if args.data is not None:
         base.data.source = args.data
@@ -800,7 +848,7 @@ def main(argv=None) -> dict:
     out = args.out or os.path.join("results", args.preset)
     if args.fresh and os.path.isdir(os.path.join(out, "runs")):
         shutil.rmtree(os.path.join(out, "runs"))
-    command = "python -m experiments.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m experiments.compare " + " ".join(argv)
     return run_comparison(
         base,
         settings,

@@ -18,7 +18,8 @@ Every field, with its meaning:
 
 ``data``: ``source`` (auto|builtin|tfds|folder), ``data_dir`` (CelebA
 location, or None), ``image_size``, ``n_train`` / ``n_val`` / ``n_test``
-(None: the source's defaults).
+(None: the source's defaults), ``builtin_set`` (scenes|legacy: the built-in
+set's training and validation photos, ``jfbjax.data.builtin``).
 ``blur``: ``kernel_size``, ``sigma`` (pixels), ``boundary`` (zero|circular).
 ``noise_std``: standard deviation of the Gaussian noise on the [-1, 1] scale.
 ``model``: ``kind`` (degrad|feedforward), ``depth`` and ``features`` of the
@@ -26,7 +27,20 @@ DnCNN regulariser, ``spectral_norm``, ``eta_init`` (initial step size of the
 DE-GRAD map), ``learn_eta`` (train eta or keep it fixed), ``clamp`` (clip
 the map's output to [-1, 1]), ``dtype`` (compute dtype of the DnCNN's
 convolutions: float32 | bfloat16, mixed precision with float32 accumulation;
-the first convolution, the solver state and norms stay float32).
+the first convolution, the solver state and norms stay float32),
+``family`` (degrad | deprox: the map, ``jfbjax.models.DEGRAD`` /
+``DEProx``), ``start`` (adjoint | cg: ``x0 = A^T d`` or ``start_iters`` CG
+iterations on ``(A^T A + start_weight I) x = A^T d``), ``pretrain_steps``
+(denoiser pretraining of R before the equilibrium training, 0: none;
+``jfbjax.training.pretrain``), ``pretrain_sigma`` (its noise std on [-1, 1]),
+``pretrain_scale`` (R is trained to predict this times the noise),
+``pretrain_lr``.
+``contraction``: penalties on ``dT/dx`` at the training fixed points
+(``jfbjax.training.contraction``): ``jac_weight`` (Hutchinson estimate of
+``||J||_F^2 / n``), ``spectral_weight`` and ``target`` (``max(||J||_2 -
+target, 0)^2`` by ``power_iters`` power steps), ``samples`` (images of each
+batch they use), and ``eval_iters`` (power steps of the contraction factor
+reported at every evaluation).
 ``solver``: forward fixed-point solver: ``name`` (anderson|picard), ``m``
 (Anderson memory), ``beta`` (mixing / damping), ``ridge`` (Anderson
 regularisation), ``tol`` (relative residual), ``max_iter``.
@@ -40,7 +54,9 @@ warm-up steps), ``grad_clip`` (global norm; 0 disables), ``weight_decay``
 (steps between validation/test evaluations), ``checkpoint_every`` (steps
 between "latest" checkpoints), ``eval_batch_size``, ``num_figure_images``,
 ``wiener.weights`` (grid over which the weights of the Wiener (FFT) and
-Tikhonov (CG) baselines are tuned on the validation images).
+Tikhonov (CG) baselines are tuned on the validation images), ``tv.weights``
+``tv.iters`` and ``tv.tol`` (the same for total variation, run to a relative-change
+tolerance or the iteration cap; an empty grid skips TV).
 """
 
 from __future__ import annotations
@@ -66,6 +82,7 @@ def _base() -> ml_collections.ConfigDict:
     c.data.n_train = config_dict.placeholder(int)
     c.data.n_val = config_dict.placeholder(int)
     c.data.n_test = config_dict.placeholder(int)
+    c.data.builtin_set = "scenes"
 
     c.blur = ml_collections.ConfigDict()
     c.blur.kernel_size = 5
@@ -82,6 +99,22 @@ def _base() -> ml_collections.ConfigDict:
     c.model.learn_eta = True
     c.model.clamp = False
     c.model.dtype = "float32"
+    c.model.family = "degrad"
+    c.model.start = "adjoint"
+    c.model.start_iters = 60
+    c.model.start_weight = 0.01
+    c.model.pretrain_steps = 0
+    c.model.pretrain_sigma = 0.05
+    c.model.pretrain_scale = 1.0
+    c.model.pretrain_lr = 1e-3
+
+    c.contraction = ml_collections.ConfigDict()
+    c.contraction.jac_weight = 0.0
+    c.contraction.spectral_weight = 0.0
+    c.contraction.target = 0.9
+    c.contraction.power_iters = 3
+    c.contraction.samples = 4
+    c.contraction.eval_iters = 20
 
     c.solver = ml_collections.ConfigDict()
     c.solver.name = "anderson"
@@ -116,6 +149,10 @@ def _base() -> ml_collections.ConfigDict:
 
     c.wiener = ml_collections.ConfigDict()
     c.wiener.weights = tuple(10.0**e for e in (-4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5))
+    c.tv = ml_collections.ConfigDict()
+    c.tv.weights = tuple(10.0**e for e in (-3.5, -3.0, -2.75, -2.5, -2.25, -2.0, -1.5))
+    c.tv.iters = 3000
+    c.tv.tol = 1e-5
     return c
 
 
@@ -139,6 +176,8 @@ def _smoke() -> ml_collections.ConfigDict:
     c.eval_every = 10
     c.checkpoint_every = 10
     c.num_figure_images = 2
+    c.tv.weights = (1e-3, 1e-2)
+    c.tv.iters = 200
     return c
 
 

@@ -168,6 +168,7 @@ def format_table(results: dict) -> str:
         ("A^T d (solver start)", test["adjoint"]),
         (f"Wiener FFT (w={test['wiener']['weight']:.2g})", test["wiener"]),
         (f"Tikhonov CG (w={test['tikhonov']['weight']:.2g})", test["tikhonov"]),
+        *([(f"TV (w={test['tv']['weight']:.2g})", test["tv"])] if "tv" in test else []),
         (results["model"]["name"], test["model"]),
     ]
 
@@ -194,8 +195,13 @@ def format_table(results: dict) -> str:
     ms = timing["ms_per_step"]
     lines.append(
         f"forward solver: {results['mean_forward_iterations']:.1f} iterations on average, "
-        f"{100 * results['fraction_converged']:.0f}% of test solves converged; "
-        f"{'n/a' if ms is None else f'{ms:.0f}'} ms/step, "
+        f"{100 * results['fraction_converged']:.0f}% of test solves converged"
+        + (
+            f", contraction ||dT/dx|| mean {c['test_mean']:.4f} max {c['test_max']:.4f}; "
+            if (c := results.get("contraction"))
+            else "; "
+        )
+        + f"{'n/a' if ms is None else f'{ms:.0f}'} ms/step, "
         f"total {timing['total_s'] / 60:.1f} min on {results['device']['num_devices']} x "
         f"{results['device']['device_kind']}"
     )

@@ -13,7 +13,8 @@ __all__ = ["BUILTIN_NOTICE", "SOURCES", "detect_celeba", "load_data"]
 
 SOURCES = ("auto", "builtin", "tfds", "folder")
 BUILTIN_NOTICE = (
-    "data: using the built-in offline image set (skimage photos); "
+    "data: using the built-in offline image set (photos shipped in scikit-image, "
+    "scikit-learn, matplotlib); "
     "pass --data tfds|folder --data_dir DIR to use CelebA"
 )
 
@@ -40,6 +41,7 @@ def load_data(
     n_val: int | None = None,
     n_test: int | None = None,
     seed: int = 0,
+    builtin_set: str = "scenes",
 ) -> DeblurData:
     """Loads clean images for deblurring as float32 (N, S, S, 3) arrays in [-1, 1].
 
@@ -58,6 +60,8 @@ def load_data(
       seed: reserved for sources that draw a random subset; every source here
         selects its held-out images deterministically, and training batches take
         their own seed in ``train_batch(step, batch_size, seed)``.
+      builtin_set: the built-in set's training/validation photos
+        (``"scenes"`` or ``"legacy"``, see :func:`~jfbjax.data.builtin.load_builtin`).
 
     Returns:
       A :class:`DeblurData`.
@@ -74,10 +78,10 @@ def load_data(
             if data_dir is not None:
                 notice = f"data: no CelebA found in {os.fspath(data_dir)!r}; " + notice[6:]
             print(notice, flush=True)
-            return load_builtin(image_size, **counts)
+            return load_builtin(image_size, **counts, train_set=builtin_set)
         source = found
     if source == "builtin":
-        return load_builtin(image_size, **counts)
+        return load_builtin(image_size, **counts, train_set=builtin_set)
     if source == "folder":
         if data_dir is None:
             raise FileNotFoundError(
@@ -98,4 +102,5 @@ def load_data_from_config(config) -> DeblurData:
         n_val=config.data.n_val,
         n_test=config.data.n_test,
         seed=int(config.seed),
+        builtin_set=str(config.data.get("builtin_set", "scenes")),
     )

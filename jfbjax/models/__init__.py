@@ -3,6 +3,9 @@ feed-forward baseline, plus their construction from an ml_collections config."""
 
 from jfbjax.models.degrad import (
     DEGRAD,
+    FAMILIES,
+    STARTS,
+    DEProx,
     FeedForward,
     backward_from_config,
     build_model,
@@ -19,6 +22,9 @@ from jfbjax.models.pnp import pnp_pgd
 
 __all__ = [
     "DEGRAD",
+    "FAMILIES",
+    "STARTS",
+    "DEProx",
     "DnCNN",
     "FeedForward",
     "PowerVector",

@@ -13,6 +13,25 @@ solver and the backward mode (JFB, IFT, Neumann, unrolled) held as static
 configuration. The sign convention ``+R`` is the paper's code's; Gilton
 writes ``-R``, which is the same family of maps up to the sign of the last
 layer.
+
+:class:`DEProx` is Gilton's other deblurring map, a proximal-gradient step
+with a learned denoiser in place of the proximal operator,
+``T(x; d) = D(x - eta A^T(A x - d))`` with ``D = I - R``.
+
+Start points (``start``): ``"adjoint"``, ``x0 = A^T d`` (the paper's), or
+``"cg"``, ``x0`` = a few conjugate-gradient iterations on the Tikhonov
+problem ``(A^T A + w I) x = A^T d`` (Gilton starts from 60 iterations with
+``w = 0.01``). The start point is not differentiated (``fixed_point`` stops
+gradients into ``x0``), and the fixed point, when the solve converges, does
+not depend on it: it changes how many iterations the solve needs, and which
+fixed point is found if ``T`` has several.
+
+Neither map contracts by construction: ``dT/dx = I - eta (A^T A + dR/dx)``
+(DE-GRAD) has eigenvalues near 1 along directions that the blur removes
+unless ``dR/dx`` is positive there, and ``D``'s Jacobian (DE-Prox) is near
+the identity along image content the blur removes. Contraction is a trained
+property here (``jfbjax.training.contraction``: Jacobian and spectral
+penalties) and a measured one (``jfbjax.contraction_estimate``).
 """
 
 from __future__ import annotations
@@ -25,10 +44,25 @@ import numpy as np
 from flax import nnx
 
 import jfbjax
+from jfbjax.imaging.baselines import tikhonov_cg
 from jfbjax.imaging.blur import Blur
 from jfbjax.models.dncnn import DnCNN, freeze_spectral_norm
 
-__all__ = ["DEGRAD", "FeedForward", "backward_from_config", "build_model", "solver_from_config"]
+__all__ = [
+    "DEGRAD",
+    "FAMILIES",
+    "STARTS",
+    "DEProx",
+    "FeedForward",
+    "backward_from_config",
+    "build_model",
+    "solver_from_config",
+]
+
+#: Map families of ``config.model.family``.
+FAMILIES = ("degrad", "deprox")
+#: Start points of ``config.model.start``.
+STARTS = ("adjoint", "cg")
 
 Solver = jfbjax.Picard | jfbjax.Anderson
 Backward = jfbjax.JFB | jfbjax.IFT | jfbjax.Neumann | jfbjax.Unrolled
@@ -93,6 +127,10 @@ class DEGRAD(nnx.Module):
         converges, not what it converges to.
       solver: forward solver of :func:`jfbjax.fixed_point` (static).
       backward: backward mode of :func:`jfbjax.fixed_point` (static).
+      start: ``"adjoint"`` (``x0 = A^T d``) or ``"cg"`` (``start_iters``
+        conjugate-gradient iterations on ``(A^T A + start_weight I) x = A^T d``
+        from 0; static).
+      start_iters, start_weight: the CG start's iterations and Tikhonov weight.
 
     ``model.solver`` and ``model.backward`` are plain attributes and may be
     reassigned (e.g. a tighter solver for evaluation); :meth:`with_solver`
@@ -109,9 +147,22 @@ class DEGRAD(nnx.Module):
         learn_eta: bool = True,
         solver: Solver | str = "anderson",
         backward: Backward | str = "jfb",
+        start: str = "adjoint",
+        start_iters: int = 60,
+        start_weight: float = 0.01,
     ):
         if not (np.isfinite(eta_init) and eta_init > 0):
             raise ValueError(f"eta_init must be a finite number > 0, got {eta_init!r}")
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+        if int(start_iters) < 1 or not float(start_weight) > 0:
+            raise ValueError(
+                f"the CG start needs start_iters >= 1 and start_weight > 0, got "
+                f"{start_iters!r} and {start_weight!r}"
+            )
+        self.start_kind = start
+        self.start_iters = int(start_iters)
+        self.start_weight = float(start_weight)
         self.blur = blur
         self.regulariser = regulariser
         raw_eta = jnp.asarray(_inverse_softplus(float(eta_init)), jnp.float32)
@@ -119,6 +170,10 @@ class DEGRAD(nnx.Module):
         self.clamp = bool(clamp)
         self.solver = jfbjax.as_solver(solver)
         self.backward = jfbjax.as_backward(backward)
+        #: Optional host callback on every backward solve's :class:`jfbjax.SolverInfo`
+        #: (``fixed_point``'s ``backward_callback``; static), e.g. a
+        #: :class:`jfbjax.training.contraction.AdjointStats` counting converged IFT adjoints.
+        self.backward_callback = None
 
     @property
     def eta(self) -> jax.Array:
@@ -155,7 +210,9 @@ class DEGRAD(nnx.Module):
     map = step
 
     def start(self, d: jax.Array) -> jax.Array:
-        """The start point ``x0 = A^T d``."""
+        """The start point: ``A^T d``, or CG iterations on the Tikhonov problem (``start="cg"``)."""
+        if self.start_kind == "cg":
+            return tikhonov_cg(d, self.blur, self.start_weight, iters=self.start_iters, tol=0.0)
         return self.blur.adjoint(d)
 
     def __call__(self, d: jax.Array) -> tuple[jax.Array, jfbjax.SolverInfo]:
@@ -182,10 +239,44 @@ class DEGRAD(nnx.Module):
 
         def solve(x0, d):
             return jfbjax.fixed_point(
-                T, x0, params, rest, d, solver=self.solver, backward=self.backward
+                T,
+                x0,
+                params,
+                rest,
+                d,
+                solver=self.solver,
+                backward=self.backward,
+                backward_callback=self.backward_callback,
             )
 
         return jax.vmap(solve)(self.start(d), d)
+
+
+class DEProx(DEGRAD):
+    r"""DE-Prox (Gilton, Ongie, Willett 2021): a proximal-gradient step with a learned denoiser,
+
+    .. math:: T(x; d) = D\big(x - \eta A^T(A x - d)\big),\qquad D(z) = z - R(z),
+
+    optionally clamped to [-1, 1]. ``R`` (a DnCNN) predicts the noise of its
+    input, so ``D`` is a residual denoiser: pretraining ``R`` on noisy clean
+    crops (``jfbjax.training.pretrain``) makes ``D`` a denoiser before the
+    equilibrium is trained, as Gilton does. The fixed point satisfies
+    ``x* = D(x* - eta A^T(A x* - d))`` and, unlike DE-GRAD's, depends on
+    ``eta``. Guarantee: ``T`` is a contraction when ``D`` is (the data step
+    ``I - eta A^T A`` is non-expansive for ``0 < eta <= 2``, since ``||A|| <=
+    1``); nothing here forces ``D`` to be one, so contraction is trained and
+    measured. Same arguments as :class:`DEGRAD`.
+    """
+
+    def step(self, x: jax.Array, d: jax.Array) -> jax.Array:
+        """``D(x - eta A^T(A x - d))`` on ``(H, W, C)`` or ``(N, H, W, C)`` images."""
+        z = x - self.eta.astype(x.dtype) * self.blur.adjoint(self.blur.apply(x) - d)
+        out = z - self.regulariser(z)
+        if self.clamp:
+            out = jnp.clip(out, -1.0, 1.0)
+        return out.astype(x.dtype)
+
+    map = step
 
 
 class FeedForward(nnx.Module):
@@ -254,7 +345,10 @@ def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
 
     ``config.model``: ``kind`` ("degrad" | "feedforward"), ``depth``,
     ``features``, ``spectral_norm``, ``eta_init``, ``clamp``, and optionally
-    ``channels`` (default 3) and ``learn_eta`` (default True). For "degrad"
+    ``channels`` (default 3), ``learn_eta`` (default True), ``family``
+    (:data:`FAMILIES`, default "degrad": :class:`DEGRAD`; "deprox":
+    :class:`DEProx`), ``start`` (:data:`STARTS`, default "adjoint"),
+    ``start_iters`` and ``start_weight`` (the CG start). For "degrad"
     the solver and backward mode come from ``config.solver`` and
     ``config.backward`` (:func:`solver_from_config`, :func:`backward_from_config`).
 
@@ -282,7 +376,11 @@ def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
     )
     if m.kind == "feedforward":
         return FeedForward(blur, regulariser)
-    return DEGRAD(
+    family = str(m.get("family", "degrad"))
+    if family not in FAMILIES:
+        raise ValueError(f"model.family must be one of {FAMILIES}, got {family!r}")
+    cls = DEProx if family == "deprox" else DEGRAD
+    return cls(
         blur,
         regulariser,
         eta_init=float(m.eta_init),
@@ -290,4 +388,7 @@ def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
         learn_eta=bool(m.get("learn_eta", True)),
         solver=solver_from_config(config.solver),
         backward=backward_from_config(config.backward),
+        start=str(m.get("start", "adjoint")),
+        start_iters=int(m.get("start_iters", 60)),
+        start_weight=float(m.get("start_weight", 0.01)),
     )

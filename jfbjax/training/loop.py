@@ -20,6 +20,7 @@ PSNR conventions: ``standard`` uses the data range of the [-1, 1] images
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -34,16 +35,24 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from jfbjax.backward import IFT
 from jfbjax.data import load_data_from_config
-from jfbjax.imaging.baselines import tikhonov_cg, tune_weight, wiener
+from jfbjax.imaging.baselines import tikhonov_cg, tune_weight, tv_deblur, wiener
 from jfbjax.imaging.blur import Blur
 from jfbjax.imaging.metrics import psnr
 from jfbjax.imaging.noise import degrade
-from jfbjax.models import build_model
+from jfbjax.models import DEGRAD, build_model, freeze_spectral_norm
 from jfbjax.training.checkpoints import BEST_METRIC, Checkpoints
+from jfbjax.training.contraction import (
+    AdjointStats,
+    contraction_factors,
+    gradient_alignment_report,
+    penalty_from_config,
+)
 from jfbjax.training.evaluation import score, score_model
 from jfbjax.training.figures import plot_restorations, plot_training_curves
 from jfbjax.training.parallel import DataParallel
+from jfbjax.training.pretrain import pretrain_denoiser
 from jfbjax.training.restore import blur_from_config
 from jfbjax.training.steps import make_eval_step, make_train_step
 from jfbjax.training.train_state import create_train_state, make_optimizer, make_schedule
@@ -201,6 +210,16 @@ class _MetricsLog:
             return [json.loads(line) for line in f if line.strip()]
 
 
+_CLASSICAL_LABELS = {"wiener": "Wiener (FFT)", "tikhonov": "Tikhonov (CG)", "tv": "TV"}
+
+
+def _model_label(config) -> str:
+    if config.model.kind != "degrad":
+        return str(config.model.kind)
+    family = {"degrad": "DE-GRAD", "deprox": "DE-Prox"}[str(config.model.get("family", "degrad"))]
+    return f"{family}+{config.backward.name.upper()}"
+
+
 def _say(message: str) -> None:
     tqdm.write(message)
 
@@ -310,17 +329,24 @@ def train_and_evaluate(
     x_adjoint = np.asarray(blur.adjoint(jnp.asarray(d_test)))
     adjoint = score(x_test, x_adjoint)
     grid = tuple(float(w) for w in config.wiener.weights)
+    methods = [("wiener", wiener, grid), ("tikhonov", tikhonov_cg, grid)]
+    tv_cfg = config.get("tv")
+    if tv_cfg is not None and len(tv_cfg.weights):
+        tv = functools.partial(tv_deblur, iters=int(tv_cfg.iters), tol=float(tv_cfg.tol))
+        methods.append(("tv", tv, tuple(float(w) for w in tv_cfg.weights)))
     classical = {}
     outputs = {}
-    for name, method in (("wiener", wiener), ("tikhonov", tikhonov_cg)):
+    for name, method, grid in methods:
         weight, table = tune_weight(method, jnp.asarray(d_val), jnp.asarray(x_val), blur, grid)
         outputs[name] = np.asarray(method(jnp.asarray(d_test), blur, float(weight)))
         classical[name] = {**score(x_test, outputs[name]), "weight": float(weight)}
         classical[name]["tuning"] = jsonable(table)
-    wiener_metrics, x_wiener = classical["wiener"], outputs["wiener"]
+    wiener_metrics = classical["wiener"]
     _say(f"test, blurred input d:  {_fmt(blurred)}")
     _say(f"test, A^T d:            {_fmt(adjoint)}")
-    for name, label in (("wiener", "Wiener (FFT)"), ("tikhonov", "Tikhonov (CG)")):
+    for name, label in _CLASSICAL_LABELS.items():
+        if name not in classical:
+            continue
         m = classical[name]
         _say(f"test, {label}, weight {m['weight']:.3g} tuned on val: {_fmt(m)}")
     baseline_s = time.perf_counter() - t0
@@ -330,6 +356,30 @@ def train_and_evaluate(
     model = build_model(config, blur, nnx.Rngs(int(config.seed)))
     if init_hook is not None:
         init_hook(model)
+    pretrain = None
+    if int(config.model.get("pretrain_steps", 0)) > 0 and not resume:
+        t0 = time.perf_counter()
+        pretrain = pretrain_denoiser(
+            model.regulariser,
+            data.train_batch,
+            steps=int(config.model.pretrain_steps),
+            sigma=float(config.model.pretrain_sigma),
+            scale=float(config.model.pretrain_scale),
+            lr=float(config.model.pretrain_lr),
+            batch_size=int(config.batch_size),
+            seed=int(config.seed),
+        )
+        pretrain["time_s"] = time.perf_counter() - t0
+        _say(
+            f"pretraining: R as a denoiser (sigma {pretrain['sigma']:g}), {pretrain['steps']} "
+            f"steps in {pretrain['time_s']:.0f} s, PSNR gain {pretrain['psnr_gain']:.2f} dB"
+        )
+    implicit = isinstance(model, DEGRAD)
+    penalty = penalty_from_config(config) if implicit else None
+    adjoint_stats = None
+    if implicit and isinstance(model.backward, IFT):
+        adjoint_stats = AdjointStats()
+        model.backward_callback = adjoint_stats
     schedule = make_schedule(config.optim, steps)
     tx = make_optimizer(config.optim, steps)
     graphdef, state = create_train_state(model, tx, train_key)
@@ -357,13 +407,33 @@ def train_and_evaluate(
         key=lambda r: r["step"],
         default={"train_time_s": 0.0},
     )["train_time_s"]
-    train_step = make_train_step(graphdef, tx, blur, noise_std, dp, schedule)
+    train_step = make_train_step(graphdef, tx, blur, noise_std, dp, schedule, penalty)
     eval_step = make_eval_step(graphdef, dp)
     eval_bs = int(config.eval_batch_size)
+    contraction_iters = int(config.get("contraction", {}).get("eval_iters", 20))
+
+    @jax.jit
+    def contraction_fn(params, rest, x, d):
+        step = freeze_spectral_norm(nnx.merge(graphdef, params, rest)).step
+        return contraction_factors(step, x, d, contraction_iters)
 
     def evaluate_now(state) -> tuple[dict, dict, np.ndarray]:
         val, _ = score_model(eval_step, state.params, state.rest, d_val, x_val, eval_bs, dp)
         test, x_hat = score_model(eval_step, state.params, state.rest, d_test, x_test, eval_bs, dp)
+        if implicit:
+            params, rest = jax.device_get((state.params, state.rest))
+            factors = np.concatenate(
+                [
+                    np.asarray(
+                        contraction_fn(
+                            params, rest, x_hat[i : i + eval_bs], d_test[i : i + eval_bs]
+                        )
+                    )
+                    for i in range(0, len(d_test), eval_bs)
+                ]
+            )
+            test["contraction_mean"] = float(np.mean(factors))
+            test["contraction_max"] = float(np.max(factors))
         return val, test, x_hat
 
     def train_time() -> float:
@@ -422,6 +492,8 @@ def train_and_evaluate(
                     agg = np.max if k == "max_iterations" else np.mean
                     record[f"train/{k}"] = float(agg([m[k] for m in window]))
                 record["train/ms_per_step"] = 1e3 * float(np.mean(step_times[-len(window) :]))
+                if adjoint_stats is not None and adjoint_stats.total:
+                    record["train/adjoint_converged"] = adjoint_stats.fraction
                 record["train_time_s"] = train_time()
                 log.write(record)
                 window = []
@@ -437,6 +509,12 @@ def train_and_evaluate(
                     f"step {done}: val PSNR {val['psnr_standard']:.2f} dB (standard); "
                     f"test {_fmt(test)}; mean iterations {test['mean_iterations']:.1f}, "
                     f"converged {100 * test['fraction_converged']:.0f}%"
+                    + (
+                        f", contraction mean {test['contraction_mean']:.4f} max "
+                        f"{test['contraction_max']:.4f}"
+                        if implicit
+                        else ""
+                    )
                 )
         bar.close()
 
@@ -449,6 +527,29 @@ def train_and_evaluate(
     finally:
         bar.close()
         ckpts.close()
+
+    alignment = None
+    if implicit and main_process:
+        n = min(8, len(d_test))
+        trained = nnx.merge(graphdef, *jax.device_get((state.params, state.rest)))
+        alignment = gradient_alignment_report(
+            trained, jnp.asarray(d_test[:n]), jnp.asarray(x_test[:n])
+        )
+        _say(
+            f"test: cos(JFB gradient, IFT gradient) {alignment['cos_jfb_ift']:.4f} on {n} images "
+            f"(GMRES adjoint to {alignment['ift_adjoint_tol']:g}: "
+            f"{100 * alignment['ift_adjoint_converged']:.0f}% converged)"
+        )
+    if implicit:
+        _say(
+            f"test: contraction ||dT/dx|| at the fixed point: mean {test['contraction_mean']:.4f}, "
+            f"max {test['contraction_max']:.4f}"
+        )
+    if adjoint_stats is not None:
+        _say(
+            f"train: IFT adjoint solves that reached tol {float(config.backward.tol):g}: "
+            f"{100 * (adjoint_stats.fraction or 0):.1f}% of {adjoint_stats.total}"
+        )
 
     if train_step.traces > 1:
         _say(f"warning: the training step was traced {train_step.traces} times (expected 1)")
@@ -465,8 +566,7 @@ def train_and_evaluate(
         curves_path,
         baselines={
             "blurred input d": blurred["psnr_standard"],
-            "Wiener (FFT)": wiener_metrics["psnr_standard"],
-            "Tikhonov (CG)": classical["tikhonov"]["psnr_standard"],
+            **{_CLASSICAL_LABELS[k]: v["psnr_standard"] for k, v in classical.items()},
         },
     )
     k = min(int(config.num_figure_images), len(x_test))
@@ -474,9 +574,8 @@ def train_and_evaluate(
     columns = {
         "clean": x_test[idx],
         "blurred d": d_test[idx],
-        "Wiener (FFT)": x_wiener[idx],
-        "Tikhonov (CG)": outputs["tikhonov"][idx],
-        f"DE-GRAD+{config.backward.name.upper()}": x_model[idx],
+        **{_CLASSICAL_LABELS[k]: v[idx] for k, v in outputs.items()},
+        _model_label(config): x_model[idx],
     }
     per_image = {
         name: np.asarray(psnr(jnp.asarray(v), jnp.asarray(x_test[idx]), convention="standard"))
@@ -509,16 +608,26 @@ def train_and_evaluate(
             "adjoint": adjoint,
             "wiener": wiener_metrics,
             "tikhonov": classical["tikhonov"],
+            **({"tv": classical["tv"]} if "tv" in classical else {}),
             "model": test,
         },
         "val": {"model": val},
         "model": {
-            "name": f"DE-GRAD+{config.backward.name.upper()}"
-            if config.model.kind == "degrad"
-            else config.model.kind,
+            "name": _model_label(config),
             "num_params": num_params,
             "best_step": best_step,
+            "pretraining": pretrain,
         },
+        "contraction": {
+            "test_mean": test.get("contraction_mean"),
+            "test_max": test.get("contraction_max"),
+            "power_iters": contraction_iters,
+        }
+        if implicit
+        else None,
+        "ift_adjoint_converged_during_training": adjoint_stats.fraction if adjoint_stats else None,
+        "ift_adjoint_solves_during_training": adjoint_stats.total if adjoint_stats else None,
+        "gradient_alignment": alignment,
         "mean_forward_iterations": test["mean_iterations"],
         "fraction_converged": test["fraction_converged"],
         "timing": {

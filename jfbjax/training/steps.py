@@ -5,6 +5,7 @@ One training step, all inside one ``jax.jit``:
     d      = A x + sigma * n,          n ~ N(0, I) from fold_in(key, step)
     x_hat  = model(d)                  (fixed-point solve; custom_vjp backward)
     loss   = mean_i ||x_hat_i - x_i||^2 / (H W C)
+             (+ contraction penalties of T at x_hat, when configured)
     g      = d loss / d params          (JFB / IFT / Neumann / unrolled, per config)
     params <- params + optax update(g)
 
@@ -26,6 +27,8 @@ from jax.sharding import PartitionSpec as P
 
 import jfbjax
 from jfbjax.imaging.noise import degrade
+from jfbjax.models.dncnn import freeze_spectral_norm
+from jfbjax.training.contraction import ContractionPenalty
 from jfbjax.training.parallel import DataParallel
 from jfbjax.training.train_state import TrainState
 
@@ -98,6 +101,7 @@ def make_train_step(
     noise_std: float,
     dp: DataParallel,
     schedule: optax.Schedule | None = None,
+    penalty: ContractionPenalty | None = None,
 ) -> CountingJit:
     """The jitted ``train_step(state, clean_batch) -> (state, metrics)``.
 
@@ -119,21 +123,38 @@ def make_train_step(
     iterations), ``max_iterations``, ``converged`` (fraction of solves that
     reached the tolerance), ``grad_norm`` (before clipping), ``lr`` (when a
     schedule is given) and ``finite`` (1 when the update was applied).
+
+    With a ``penalty`` (:class:`~jfbjax.training.contraction.ContractionPenalty`,
+    for implicit models with a ``step(x, d)`` map) the minimised loss is the
+    MSE plus the penalty of ``T`` at the solver's output; ``loss`` stays the
+    MSE and ``penalty`` (and ``jacobian_fro2`` / ``spectral``, the estimates)
+    join the metrics.
     """
     axis = DataParallel.AXIS
 
-    def local_grads(params, rest, clean, d):
+    def local_grads(params, rest, clean, d, key):
         """Loss, gradients and statistics of this device's rows, averaged over devices."""
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params, rest)
             x_hat, info = model(d)
             _, _, new_rest = nnx.split(model, nnx.Param, ...)
-            return mse_loss(x_hat, clean), (x_hat, info, new_rest)
+            mse = mse_loss(x_hat, clean)
+            extra = {}
+            total = mse
+            if penalty is not None:
+                key_dev = jax.random.fold_in(key, jax.lax.axis_index(axis))
+                pen, extra = penalty(freeze_spectral_norm(model).step, x_hat, d, key_dev)
+                extra = {**extra, "penalty": pen}
+                total = mse + pen
+            return total, (mse, x_hat, info, new_rest, extra)
 
-        (loss, (x_hat, info, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (_, (loss, x_hat, info, new_rest, extra)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(params)
         stats = _solver_metrics(info)
         metrics = {
+            **extra,
             "loss": loss,
             "psnr": batch_psnr(x_hat, clean),
             "iterations": stats["iterations"],
@@ -147,7 +168,7 @@ def make_train_step(
     sharded_grads = jax.shard_map(
         local_grads,
         mesh=dp.mesh,
-        in_specs=(P(), P(), P(axis), P(axis)),
+        in_specs=(P(), P(), P(axis), P(axis), P()),
         out_specs=P(),
         check_vma=False,
     )
@@ -155,7 +176,8 @@ def make_train_step(
     def train_step(state: TrainState, clean: jax.Array):
         key = jax.random.fold_in(state.key, state.step)
         d = degrade(key, clean, blur, noise_std)
-        grads, rest, metrics = sharded_grads(state.params, state.rest, clean, d)
+        penalty_key = jax.random.fold_in(key, 1)
+        grads, rest, metrics = sharded_grads(state.params, state.rest, clean, d, penalty_key)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -44,14 +44,14 @@ def test_builtin_shapes_and_range(builtin32):
     d = builtin32
     assert d.name == "builtin" and d.image_size == 32 and d.skipped == 0
     assert d.train_size is None
-    _check_images(d.val, 24, 32)
+    _check_images(d.val, 40, 32)
     _check_images(d.test, 40, 32)
     batch = d.train_batch(0, 16, 0)
     _check_images(batch, 16, 32)
     # Real photos use the full range and are not flat.
     assert d.test.min() < -0.9 and d.test.max() > 0.9
     assert batch.std() > 0.1
-    assert "9 train photos" in d.description and "40 test crops" in d.description
+    assert "8 train photos" in d.description and "40 test crops" in d.description
 
 
 def test_builtin_train_batch_is_pure(builtin32):
@@ -88,8 +88,51 @@ def test_builtin_split_is_disjoint_by_photo(builtin32):
         [builtin.grid_crops(builtin.load_photo(p), 32, 128) for p in builtin.TEST_PHOTOS]
     )
     np.testing.assert_array_equal(builtin32.test, to_float(expected))
-    expected = builtin.grid_crops(builtin.load_photo(builtin.VAL_PHOTOS[0]), 32, 128)
+    expected = np.concatenate(
+        [builtin.grid_crops(builtin.load_photo(p), 32, 128) for p in builtin.VAL_PHOTOS]
+    )
     np.testing.assert_array_equal(builtin32.val, to_float(expected))
+
+
+def test_builtin_sets_share_the_test_photos_and_keep_scenes_apart():
+    for train, val in builtin.TRAIN_SETS.values():
+        assert not set(train) & set(val)
+        assert not (set(train) | set(val)) & set(builtin.TEST_PHOTOS)
+    # The new set holds no micrograph or scientific image of the legacy set.
+    assert not {"immunohistochemistry", "retina", "moon", "coins", "gravel"} & set(
+        builtin.TRAIN_PHOTOS
+    )
+    legacy = load_data("builtin", 32, builtin_set="legacy")
+    scenes = load_data("builtin", 32)
+    np.testing.assert_array_equal(legacy.test, scenes.test)
+    assert len(legacy.train_batch.pyramids) == len(builtin.LEGACY_TRAIN_PHOTOS)
+    assert len(legacy.val) == 24 and len(scenes.val) == 40
+    with pytest.raises(ValueError, match="train_set"):
+        load_data("builtin", 32, builtin_set="imagenet")
+
+
+def test_training_crops_cover_the_dihedral_group():
+    """Flips and transposes: one photo, one level, many draws; every crop is one of
+    the 8 symmetries of some crop of that level."""
+    level = np.arange(40 * 40 * 3, dtype=np.int64).reshape(40, 40, 3) % 251
+    batcher = builtin.CropBatcher(((level.astype(np.uint8),),), 40)
+    seen = set()
+    for step in range(40):
+        crop = batcher(step, 4, 0)
+        for c in crop:
+            u = np.round((np.asarray(c) + 1) * 127.5).astype(np.uint8)
+            for k, t in enumerate(_dihedral(level.astype(np.uint8))):
+                if np.array_equal(u, t):
+                    seen.add(k)
+    assert seen == set(range(8))
+
+
+def _dihedral(a):
+    out = []
+    for t in (a, a.transpose(1, 0, 2)):
+        for f in (t, t[::-1], t[:, ::-1], t[::-1, ::-1]):
+            out.append(f)
+    return out
 
 
 def test_builtin_training_crops_come_from_training_photos_only(builtin32):
@@ -153,11 +196,9 @@ def test_crop_batcher_flips_and_positions():
     image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     batcher = builtin.CropBatcher(((image,),), 8)
     batch = batcher(0, 64, 0)
-    plain, mirrored = to_float(image), to_float(image[:, ::-1])
-    is_plain = np.all(batch == plain, axis=(1, 2, 3))
-    is_mirror = np.all(batch == mirrored, axis=(1, 2, 3))
-    assert np.all(is_plain | is_mirror)
-    assert 10 < is_plain.sum() < 54  # both occur, about half each
+    which = np.array([[np.array_equal(c, to_float(t)) for t in _dihedral(image)] for c in batch])
+    assert np.all(which.sum(1) == 1)  # each crop is exactly one of the 8 symmetries
+    assert 2 <= which[:, 0].sum() <= 18  # the identity about 1/8 of the time
     # Crops of a larger level: every position is reachable, none out of bounds.
     big = np.arange(20 * 20 * 3, dtype=np.int64).reshape(20, 20, 3) % 251
     batcher = builtin.CropBatcher(((big.astype(np.uint8),),), 4, flip=False)

@@ -43,12 +43,21 @@ def test_smoke_preset_end_to_end(tmp_path):
 
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
-    for method in ("blurred", "adjoint", "wiener", "tikhonov", "model"):
+    for method in ("blurred", "adjoint", "wiener", "tikhonov", "tv", "model"):
         assert METRIC_KEYS <= set(results["test"][method]), method
         assert results["test"][method]["psnr_standard"] == pytest.approx(
             results["test"][method]["psnr_paper"] + 20 * math.log10(2), abs=1e-3
         )
     assert results["test"]["wiener"]["weight"] > 0 and results["test"]["tikhonov"]["weight"] > 0
+    assert results["test"]["tv"]["weight"] in (1e-3, 1e-2)  # the smoke grid, tuned on val
+    # Contraction of T at the test fixed points, and JFB against a tight IFT gradient.
+    c = results["contraction"]
+    assert 0 < c["test_mean"] <= c["test_max"] < 2
+    assert c["test_max"] == results["test"]["model"]["contraction_max"]
+    a = results["gradient_alignment"]
+    assert -1 <= a["cos_jfb_ift"] <= 1 and a["n_images"] == 4 and a["grad_norm_ift"] > 0
+    assert 0 <= a["ift_adjoint_converged"] <= 1
+    assert results["ift_adjoint_converged_during_training"] is None  # a JFB run
     assert {"mean_iterations", "fraction_converged"} <= set(results["test"]["model"])
     assert 0.0 <= results["fraction_converged"] <= 1.0
     assert results["mean_forward_iterations"] >= 1
@@ -66,6 +75,7 @@ def test_smoke_preset_end_to_end(tmp_path):
         records = [json.loads(line) for line in f]
     assert [r["step"] for r in records if "train/loss" in r] == [5, 10, 15, 20]
     assert [r["step"] for r in records if "test/psnr_standard" in r] == [10, 20]
+    assert all("test/contraction_max" in r for r in records if "test/psnr_standard" in r)
 
     # The summary table names both conventions and where the outputs went.
     for text in (
@@ -74,7 +84,9 @@ def test_smoke_preset_end_to_end(tmp_path):
         "SSIM standard",
         "Wiener FFT",
         "Tikhonov CG",
+        "TV (w=",
         "DE-GRAD+JFB",
+        "contraction ||dT/dx|| mean",
     ):
         assert text in proc.stdout, text
     assert f"outputs: {os.path.realpath(out)}" in proc.stdout

@@ -21,9 +21,11 @@ import pytest
 from flax import nnx
 
 import jfbjax
+from jfbjax.imaging.baselines import tikhonov_cg
 from jfbjax.imaging.blur import Blur
 from jfbjax.models import (
     DEGRAD,
+    DEProx,
     DnCNN,
     FeedForward,
     SpectralConv,
@@ -237,6 +239,46 @@ def test_step_is_the_degrad_map():
     m.clamp = True
     clamped = _jit_call(m, "step")(x, d)
     np.testing.assert_allclose(clamped, jnp.clip(expected, -1, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_deprox_step_is_a_denoised_gradient_step():
+    blur = Blur(3, 1.0, "zero")
+    m = DEProx(blur, DnCNN(3, 3, 8, rngs=nnx.Rngs(0)), eta_init=0.6)
+    _perturb_last_layer(m.regulariser, scale=0.2)
+    x, d = _images(0, (2, 8, 8, 3)), _images(1, (2, 8, 8, 3))
+    z = x - 0.6 * blur.adjoint(blur.apply(x) - d)
+    expected = z - _jit_call(m.regulariser)(z)
+    step = _jit_call(m, "step")
+    np.testing.assert_allclose(step(x, d), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(step(x[0], d[0]), expected[0], rtol=1e-5, atol=1e-6)
+    m.clamp = True
+    np.testing.assert_allclose(
+        _jit_call(m, "step")(x, d), jnp.clip(expected, -1, 1), rtol=1e-5, atol=1e-6
+    )
+    # With R = 0 DE-Prox is gradient descent on the data fit: same fixed point as DE-GRAD's.
+    zero = DEProx(BLUR, DnCNN(3, 3, 8, rngs=nnx.Rngs(0)), solver=jfbjax.Picard(1e-12, 1000))
+    with jax.enable_x64(True):
+        _check_normal_equations(_to_float64(zero))
+
+
+def test_cg_start_is_tikhonov_cg_and_keeps_the_fixed_point():
+    blur = BLUR
+    solver = jfbjax.Anderson(tol=1e-5, max_iter=200)
+    a = small_degrad(blur, solver=solver)
+    b = small_degrad(blur, solver=solver, start="cg", start_iters=5, start_weight=0.1)
+    d = _images(2, (2, 8, 8, 3))
+    np.testing.assert_allclose(
+        _jit_call(b, "start")(d), tikhonov_cg(d, blur, 0.1, iters=5, tol=0.0), atol=1e-6
+    )
+    xa, ia = _jit_call(a)(d)
+    np.testing.assert_array_equal(ia.status, jfbjax.CONVERGED)
+    xb, ib = _jit_call(b)(d)
+    np.testing.assert_array_equal(ib.status, jfbjax.CONVERGED)
+    np.testing.assert_allclose(xa, xb, atol=1e-3)  # both within tol 1e-5 of x* (contraction 0.9)
+    with pytest.raises(ValueError, match="start"):
+        small_degrad(blur, start="zeros")
+    with pytest.raises(ValueError, match="CG start"):
+        small_degrad(blur, start="cg", start_iters=0)
 
 
 def test_zero_regulariser_solves_normal_equations():
@@ -499,6 +541,10 @@ def test_build_model_from_config():
     assert all(isinstance(layer, SpectralConv) for layer in m.regulariser.layers)
     assert "raw_eta" not in nnx.state(m, nnx.Param)
 
+    c.model.family, c.model.start, c.model.start_iters = "deprox", "cg", 3
+    m = build_model(c, Blur(), nnx.Rngs(0))
+    assert isinstance(m, DEProx) and m.start_kind == "cg" and m.start_iters == 3
+
     c.model.kind = "feedforward"
     ff = build_model(c, Blur(), nnx.Rngs(0))
     assert isinstance(ff, FeedForward)
@@ -510,6 +556,7 @@ def test_build_model_from_config():
     ("section", "field", "value", "match"),
     [
         ("model", "kind", "unet", "model.kind"),
+        ("model", "family", "monotone", "model.family"),
         ("solver", "name", "newton", "solver.name"),
         ("backward", "name", "cg", "backward.name"),
     ],

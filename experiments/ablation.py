@@ -1,0 +1,342 @@
+"""The ablation behind the default model: each lever alone, then combinations, same budget.
+
+``python -m experiments.ablation --preset cpu`` (or ``python -m
+experiments.compare --preset cpu_ablation``) trains DE-GRAD+JFB on the
+preset's data, budget and optimiser with one change at a time from a fixed
+baseline (the paper's map: DE-GRAD from ``A^T d``, no pretraining, no
+contraction penalty), then the combinations, for every seed, and writes
+``OUT/table.md`` and ``OUT/table.json`` (default ``results/<preset>_ablation``)
+with test PSNR/SSIM, validation PSNR (what settings are chosen on),
+contraction of ``T`` at the fixed point (mean and max over the test
+images), forward iterations, IFT adjoint convergence during training (IFT
+rows), cos(JFB, IFT) gradients, ms/step and training time.
+
+The baseline pins every field that a lever changes, so the table means the
+same thing whatever the preset's defaults become. Runs are ordinary run
+folders ``OUT/runs/<lever>/seed<k>``, reused when finished and resumed when
+interrupted (as in ``experiments.compare``). Adding a lever is one
+:class:`Lever` entry in :data:`LEVERS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from experiments.compare import LearnedRun, _complete, _machine, _train
+from experiments.configs import PRESETS, apply_overrides, get_config
+from jfbjax.training.loop import jsonable
+
+__all__ = [
+    "BASELINE",
+    "LEVERS",
+    "PRESET_BASELINE",
+    "Lever",
+    "ablation_config",
+    "baseline",
+    "main",
+    "run_ablation",
+]
+
+#: The ablation's starting point: the paper's DE-GRAD map trained with JFB from
+#: ``A^T d`` on the built-in photographs of scenes (every field a lever changes).
+BASELINE: tuple[str, ...] = (
+    "model.kind=degrad",
+    "model.family=degrad",
+    "model.start=adjoint",
+    "model.pretrain_steps=0",
+    "model.pretrain_scale=1.0",
+    "contraction.jac_weight=0.0",
+    "contraction.spectral_weight=0.0",
+    "data.builtin_set=scenes",
+    "backward.name=jfb",
+)
+
+#: Per preset, the model size, budget and optimiser of the baseline, pinned so
+#: that the table keeps its meaning when the preset's defaults change.
+PRESET_BASELINE: dict[str, tuple[str, ...]] = {
+    "cpu": (
+        "model.depth=6",
+        "model.features=32",
+        "model.spectral_norm=true",
+        "solver.max_iter=50",
+        "steps=250",
+        "optim.lr=1e-3",
+        "optim.schedule=cosine",
+        "optim.warmup=20",
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Lever:
+    """One row of the ablation: ``overrides`` applied on top of :data:`BASELINE`.
+
+    Attributes:
+      key: folder name and ``--levers`` name.
+      label: the row's title.
+      overrides: ``key=value`` config changes (``experiments/configs.py``).
+      group: "lever" (one change) or "combination".
+    """
+
+    key: str
+    label: str
+    overrides: tuple[str, ...] = ()
+    group: str = "lever"
+
+
+_DEPROX = ("model.family=deprox", "model.pretrain_steps=500")
+_SPECTRAL = ("contraction.spectral_weight=1.0",)
+
+LEVERS: tuple[Lever, ...] = (
+    Lever("base", "baseline: DE-GRAD from A^T d (the paper's map)"),
+    Lever(
+        "legacy_data",
+        "earlier built-in training photos (micrographs)",
+        ("data.builtin_set=legacy",),
+    ),
+    Lever("cg", "start from 60 CG iterations (Tikhonov 0.01)", ("model.start=cg",)),
+    Lever(
+        "degrad_pre",
+        "R pretrained as a denoiser (500 steps, R = 0.05 noise)",
+        ("model.pretrain_steps=500", "model.pretrain_scale=0.05"),
+    ),
+    Lever("deprox_pre", "DE-Prox, D pretrained as a denoiser (500 steps)", _DEPROX),
+    Lever("jacreg", "Jacobian penalty 1e-3 ||J||_F^2/n", ("contraction.jac_weight=1e-3",)),
+    Lever("spectral", "spectral penalty 1.0 max(||J||_2 - 0.9, 0)^2", _SPECTRAL),
+)
+
+
+def baseline(preset: str) -> tuple[str, ...]:
+    """:data:`BASELINE` and the preset's pinned fields (:data:`PRESET_BASELINE`)."""
+    return (*BASELINE, *PRESET_BASELINE.get(preset, ()))
+
+
+def ablation_config(preset: str, lever: Lever, seed: int, extra: tuple[str, ...] = ()):
+    """The training config of ``lever`` at ``seed``: preset + baseline + lever + extra."""
+    c = get_config(preset)
+    apply_overrides(c, (*baseline(preset), *lever.overrides, *extra))
+    c.seed = int(seed)
+    return c
+
+
+def _final_record(workdir: str) -> dict:
+    """The last evaluation record of a run's metrics.jsonl (val and test at the end)."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    evals = [r for r in records if "val/psnr_standard" in r]
+    return evals[-1] if evals else {}
+
+
+def _row(lever: Lever, per_seed: list[dict]) -> dict:
+    def mean(key):
+        vals = [r[key] for r in per_seed if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    psnrs = [r["psnr_standard"] for r in per_seed]
+    keys = [k for k, v in per_seed[0].items() if isinstance(v, int | float) and k != "seed"]
+    row = {"key": lever.key, "label": lever.label, "overrides": list(lever.overrides)}
+    row.update({k: mean(k) for k in keys})
+    row["seeds"] = [r["seed"] for r in per_seed]
+    row["psnr_standard_seed_std"] = float(np.std(psnrs, ddof=1)) if len(psnrs) > 1 else None
+    row["contraction_max"] = max(
+        (r["contraction_max"] for r in per_seed if r.get("contraction_max") is not None),
+        default=None,
+    )
+    row["per_seed"] = per_seed
+    return row
+
+
+def _seed_record(results: dict, workdir: str, seed: int) -> dict:
+    test = results["test"]["model"]
+    final = _final_record(workdir)
+    alignment = results.get("gradient_alignment") or {}
+    return {
+        "seed": seed,
+        "psnr_standard": test["psnr_standard"],
+        "psnr_paper": test["psnr_paper"],
+        "ssim_standard": test["ssim_standard"],
+        "val_psnr_standard": results["val"]["model"]["psnr_standard"],
+        "tv_psnr_standard": results["test"].get("tv", {}).get("psnr_standard"),
+        "tv_ssim_standard": results["test"].get("tv", {}).get("ssim_standard"),
+        "contraction_mean": test.get("contraction_mean"),
+        "contraction_max": test.get("contraction_max"),
+        "mean_iterations": test["mean_iterations"],
+        "fraction_converged": test["fraction_converged"],
+        "ift_adjoint_converged": results.get("ift_adjoint_converged_during_training"),
+        "cos_jfb_ift": alignment.get("cos_jfb_ift"),
+        "ms_per_step": results["timing"]["ms_per_step"],
+        "train_time_s": final.get("train_time_s"),
+        "total_time_s": results["total_time_s"],
+    }
+
+
+def _fmt(x, spec=".2f"):
+    return "–" if x is None else format(x, spec)
+
+
+def _table_md(rows: list[dict], header: dict) -> str:
+    cols = [
+        "lever",
+        "test PSNR (dB)",
+        "seed spread",
+        "test SSIM",
+        "val PSNR (dB)",
+        "contraction mean / max",
+        "fwd iters",
+        "converged",
+        "IFT adjoint conv.",
+        "cos(JFB, IFT)",
+        "ms/step",
+        "train time (s)",
+    ]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        spread = r["psnr_standard_seed_std"]
+        cells = [
+            r["label"],
+            _fmt(r["psnr_standard"]),
+            "–" if spread is None else f"±{spread:.2f} (n={len(r['seeds'])})",
+            _fmt(r["ssim_standard"], ".3f"),
+            _fmt(r["val_psnr_standard"]),
+            f"{_fmt(r['contraction_mean'], '.4f')} / {_fmt(r['contraction_max'], '.4f')}",
+            _fmt(r["mean_iterations"], ".1f"),
+            _fmt(None if r["fraction_converged"] is None else 100 * r["fraction_converged"], ".0f")
+            + "%",
+            "–"
+            if r.get("ift_adjoint_converged") is None
+            else f"{100 * r['ift_adjoint_converged']:.0f}%",
+            _fmt(r.get("cos_jfb_ift"), ".3f"),
+            _fmt(r["ms_per_step"], ".0f"),
+            _fmt(r["train_time_s"], ".0f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    tv = header.get("tv_psnr_standard")
+    intro = [
+        f"# Ablation: preset `{header['preset']}`",
+        "",
+        f"Command: `{header['command']}`  ",
+        f"Machine: {header['machine']}; jax {header['jax']}; {header['date']}  ",
+        f"Baseline (every row starts from it): `{' '.join(header['baseline'])}`  ",
+        f"Test set: {header['data']}. TV (weight tuned on val) on the same test images: "
+        f"{_fmt(tv)} dB, SSIM {_fmt(header.get('tv_ssim_standard'), '.3f')}.",
+        "",
+        "Test and val PSNR/SSIM: standard convention (images on [0, 1]), mean over the "
+        "images, averaged over seeds; seed spread: std over seeds of the mean test PSNR. "
+        "contraction: ||dT/dx||_2 at each test image's fixed point by 20 power-iteration "
+        "steps (mean over images and seeds / max over both). converged: share of test "
+        "solves that reached the solver tolerance. IFT adjoint conv.: share of the "
+        "training steps' adjoint solves that reached backward.tol (IFT rows only). "
+        "cos(JFB, IFT): cosine of the JFB and IFT weight gradients of the trained model "
+        "on 8 test images, the IFT adjoint by GMRES to 1e-6. ms/step: mean training "
+        "step of the run (the machine was shared, +-30%); train time: seconds in "
+        "training steps (pretraining not included: see each run's results.json).",
+        "",
+    ]
+    return "\n".join(intro + lines) + "\n"
+
+
+def run_ablation(
+    preset: str,
+    out: str,
+    *,
+    seeds=(0, 1),
+    levers: list[str] | None = None,
+    extra: tuple[str, ...] = (),
+    progress: bool = False,
+    skip_missing: bool = False,
+    command: str = "",
+) -> dict:
+    """Trains what is missing and writes ``out/table.md`` and ``out/table.json``."""
+    chosen = [lv for lv in LEVERS if levers is None or lv.key in levers]
+    unknown = set(levers or ()) - {lv.key for lv in LEVERS}
+    if unknown:
+        raise ValueError(f"unknown levers {sorted(unknown)}; known: {[lv.key for lv in LEVERS]}")
+    out = os.path.abspath(out)
+    rows, header_extra = [], {}
+    for lever in chosen:
+        per_seed = []
+        for seed in seeds:
+            workdir = os.path.join(out, "runs", lever.key, f"seed{seed}")
+            if skip_missing and not os.path.exists(os.path.join(workdir, "results.json")):
+                print(f"skipping {lever.key} (seed {seed}): not trained yet", flush=True)
+                continue
+            config = ablation_config(preset, lever, seed, extra)
+            if skip_missing and not _complete(workdir):
+                with open(os.path.join(workdir, "results.json")) as f:
+                    results = json.load(f)
+            else:
+                results = _train(LearnedRun(lever.key, int(seed), config), workdir, out, progress)
+            per_seed.append(_seed_record(results, workdir, int(seed)))
+            if "tv" in results["test"] and "tv_psnr_standard" not in header_extra:
+                header_extra["tv_psnr_standard"] = results["test"]["tv"]["psnr_standard"]
+                header_extra["tv_ssim_standard"] = results["test"]["tv"]["ssim_standard"]
+                header_extra["data"] = results["data"]["description"]
+        if per_seed:
+            rows.append(_row(lever, per_seed))
+    header = {
+        "preset": preset,
+        "command": command,
+        "machine": _machine(),
+        "jax": jax.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "baseline": list(baseline(preset)) + list(extra),
+        "seeds": list(seeds),
+        "data": "?",
+        **header_extra,
+    }
+    table = {"header": header, "rows": rows}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "table.json"), "w") as f:
+        json.dump(jsonable(table), f, indent=2)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(_table_md(rows, header))
+    print(f"wrote {os.path.join(out, 'table.md')} and table.json", flush=True)
+    return table
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.ablation",
+        description="Train each lever of the default model alone and in combination; "
+        "write OUT/table.md and OUT/table.json.",
+    )
+    p.add_argument("--preset", choices=PRESETS, default="cpu")
+    p.add_argument("--out", default=None, help="output folder (default: results/<preset>_ablation)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument(
+        "--levers", nargs="+", default=None, help=f"only these: {[lv.key for lv in LEVERS]}"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every row (after the baseline)")  # fmt: skip
+    p.add_argument(
+        "--skip_missing", action="store_true", help="train nothing; tabulate what exists"
+    )
+    p.add_argument("--progress", action="store_true", help="progress bars while training")
+    args = p.parse_args(argv)
+    out = args.out or os.path.join("results", f"{args.preset}_ablation")
+    try:
+        return run_ablation(
+            args.preset,
+            out,
+            seeds=tuple(args.seeds),
+            levers=args.levers,
+            extra=tuple(args.set),
+            progress=args.progress,
+            skip_missing=args.skip_missing,
+            command="python -m experiments.ablation " + " ".join(argv),
+        )
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+r"""Contraction of an implicit model's map: penalties that train it, estimates that measure it.
+
+A model with a ``step(x, d)`` method (``T``, e.g. :class:`~jfbjax.models.DEGRAD`)
+has the Jacobian :math:`J = \partial T / \partial x` at its fixed point
+:math:`x^*`. Its spectral norm :math:`\|J\|_2` is the local contraction
+factor: below 1 the forward solve converges linearly near :math:`x^*`, the
+adjoint equation of the IFT gradient has a unique solution that Picard and
+Anderson reach, and JFB's update is a descent direction (Fung et al. 2022).
+Nothing in DE-GRAD or DE-Prox bounds it, so these penalties are added to
+the training loss (``config.contraction``), both evaluated at the solver's
+output :math:`x^*` held constant (``stop_gradient``), so they shape ``T``
+around the fixed point without a second solve:
+
+* **Jacobian (Frobenius) penalty**, Bai, Koltun, Kolter 2021:
+  :math:`\|J\|_F^2 / n = \mathbb{E}_\epsilon \|J^T \epsilon\|^2 / n` with
+  :math:`\epsilon \sim N(0, I)` (Hutchinson), one VJP per sample; the mean
+  squared singular value, so it lowers every singular value, not only the
+  largest. No guarantee on :math:`\|J\|_2` (only
+  :math:`\|J\|_2^2 \le \|J\|_F^2`, which is ``n`` times larger).
+* **Spectral penalty**, after Hurault, Leclaire, Papadakis 2022:
+  :math:`\max(\sigma - \tau, 0)^2` with :math:`\sigma \approx \|J\|_2` from
+  ``power_iters`` power-iteration steps on :math:`J^T J` (each one JVP, as
+  the transpose of a VJP, and one VJP; the iteration itself is not
+  differentiated), then :math:`\sigma = \langle u, J w \rangle` with the unit
+  vectors ``u, w`` held constant, whose gradient is that of the largest
+  singular value when the iteration has converged (as in spectral
+  normalisation). It acts only where :math:`\sigma > \tau`, so a target
+  :math:`\tau < 1` asks for a contraction by ``tau`` at the training fixed
+  points; few power steps underestimate :math:`\sigma`, so the achieved
+  factor is measured afterwards with :func:`contraction_factors`.
+
+Both penalties need reverse-over-reverse differentiation of ``T`` (one more
+pass through ``R`` per VJP), and run on the first ``samples`` images of a
+batch to bound their cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jfbjax.diagnostics import contraction_estimate
+
+__all__ = [
+    "AdjointStats",
+    "ContractionPenalty",
+    "contraction_factors",
+    "gradient_alignment_report",
+    "penalty_from_config",
+]
+
+
+def _unit(w: jax.Array) -> jax.Array:
+    return w / (jnp.linalg.norm(w.ravel()) + 1e-12)
+
+
+def _jacobian_ops(step, x: jax.Array, d: jax.Array):
+    """``(vjp, jvp)`` of ``x -> step(x, d)`` at ``x`` (the JVP as the VJP's transpose)."""
+    fx, vjp = jax.vjp(lambda z: step(z, d), x)
+    jt = jax.linear_transpose(lambda u: vjp(u)[0], fx)
+    return (lambda u: vjp(u)[0]), (lambda w: jt(w)[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class ContractionPenalty:
+    """The contraction penalties of one training step (see the module docstring).
+
+    Attributes:
+      jac_weight: weight of the Hutchinson estimate of ``||J||_F^2 / n`` (0: off).
+      spectral_weight: weight of ``max(sigma - target, 0)^2`` (0: off).
+      target: the spectral penalty's target contraction ``tau``.
+      power_iters: power-iteration steps of the spectral estimate.
+      samples: the penalties use the first ``samples`` images of the batch.
+    """
+
+    jac_weight: float = 0.0
+    spectral_weight: float = 0.0
+    target: float = 0.9
+    power_iters: int = 3
+    samples: int = 4
+
+    def __post_init__(self):
+        for name in ("jac_weight", "spectral_weight", "target"):
+            value = getattr(self, name)
+            if not (jnp.isfinite(value) and value >= 0):
+                raise ValueError(f"contraction.{name} must be a finite number >= 0, got {value}")
+        if int(self.power_iters) < 1 or int(self.samples) < 1:
+            raise ValueError(
+                f"contraction.power_iters and contraction.samples must be >= 1, got "
+                f"{self.power_iters} and {self.samples}"
+            )
+
+    @property
+    def active(self) -> bool:
+        return self.jac_weight > 0 or self.spectral_weight > 0
+
+    def __call__(self, step, x_star: jax.Array, d: jax.Array, key: jax.Array):
+        """``(penalty, metrics)`` for the map ``step(x, d)`` at the batch ``x_star`` (N, H, W, C).
+
+        ``step`` closes over the parameters being trained, so ``penalty`` is
+        differentiable with respect to them; ``x_star`` is held constant.
+        ``metrics`` holds each estimate (``jacobian_fro2``, ``spectral``).
+        """
+        x = jax.lax.stop_gradient(x_star[: self.samples])
+        d = d[: self.samples]
+        acc = jnp.promote_types(x.dtype, jnp.float32)  # at least float32, float64 under x64
+        total = jnp.zeros((), acc)
+        metrics = {}
+        k_jac, k_pow = jax.random.split(key)
+        if self.jac_weight > 0:
+            eps = jax.random.normal(k_jac, x.shape, x.dtype)
+            _, vjp = jax.vjp(lambda z: step(z, d), x)
+            g = vjp(eps)[0]
+            fro2 = jnp.sum(jnp.square(g.astype(acc))) / x.size
+            metrics["jacobian_fro2"] = fro2
+            total = total + self.jac_weight * fro2
+        if self.spectral_weight > 0:
+            w0 = jax.random.normal(k_pow, x.shape, x.dtype)
+            sigma = jax.vmap(lambda xi, di, wi: self._sigma(step, xi, di, wi))(x, d, w0)
+            metrics["spectral"] = jnp.mean(sigma)
+            excess = jnp.maximum(sigma.astype(acc) - self.target, 0.0)
+            total = total + self.spectral_weight * jnp.mean(jnp.square(excess))
+        return total, metrics
+
+    def _sigma(self, step, x, d, w):
+        vjp, jvp = _jacobian_ops(step, x, d)
+
+        def body(_, w):
+            return _unit(vjp(jvp(w)))
+
+        w = jax.lax.stop_gradient(jax.lax.fori_loop(0, int(self.power_iters), body, _unit(w)))
+        u = jax.lax.stop_gradient(_unit(jvp(w)))
+        # sigma = <u, J w> = <J^T u, w>: one VJP, differentiable in the parameters.
+        return jnp.vdot(vjp(u), w)
+
+
+def penalty_from_config(config) -> ContractionPenalty | None:
+    """The penalty of ``config.contraction``; None when it is absent or both weights are 0."""
+    c = config.get("contraction")
+    if c is None:
+        return None
+    penalty = ContractionPenalty(
+        jac_weight=float(c.jac_weight),
+        spectral_weight=float(c.spectral_weight),
+        target=float(c.target),
+        power_iters=int(c.power_iters),
+        samples=int(c.samples),
+    )
+    return penalty if penalty.active else None
+
+
+def contraction_factors(step, x_star: jax.Array, d: jax.Array, iters: int = 20) -> jax.Array:
+    """``||dT/dx||_2`` at the fixed point of each image, shape (N,), by power iteration.
+
+    ``step(x, d)`` is the model's map on one image; ``x_star`` and ``d`` are
+    (N, H, W, C) batches. Each estimate is a lower bound that tightens with
+    ``iters`` (power-iteration steps from a random vector, ``PRNGKey(i)``
+    for image ``i``).
+    """
+    keys = jax.random.split(jax.random.PRNGKey(0), x_star.shape[0])
+
+    def one(x, di, key):
+        return contraction_estimate(step, x, di, iters=iters, key=key)
+
+    return jax.vmap(one)(jax.lax.stop_gradient(x_star), d, keys)
+
+
+class AdjointStats:
+    """Counts the backward (adjoint) solves that reached their tolerance.
+
+    Set as a model's ``backward_callback`` (see :class:`~jfbjax.models.DEGRAD`),
+    it is called on the host with the :class:`jfbjax.SolverInfo` of every
+    adjoint solve that :func:`jfbjax.fixed_point` runs (per sample under
+    ``vmap``) and adds up how many ended with status ``CONVERGED``. For IFT
+    this is the fraction of training gradients that are the implicit
+    gradient to the adjoint tolerance; an IFT run with a low fraction
+    trained on truncated adjoints. (JFB and Neumann report status
+    ``MAX_ITER`` by definition: they run no solve.)
+    """
+
+    def __init__(self):
+        self.converged = 0
+        self.total = 0
+
+    def __call__(self, info) -> None:
+        status = np.asarray(info.status)
+        self.total += int(status.size)
+        self.converged += int(np.sum(status == 0))
+
+    @property
+    def fraction(self) -> float | None:
+        """Converged / total, or None before any adjoint solve."""
+        return self.converged / self.total if self.total else None
+
+    def reset(self) -> None:
+        self.converged = self.total = 0
+
+
+def gradient_alignment_report(
+    model, d: jax.Array, x: jax.Array, *, tol: float = 1e-6, restart: int = 30, cycles: int = 20
+) -> dict:
+    """cos(JFB gradient, IFT gradient) of the MSE on one batch, with a tight IFT adjoint.
+
+    The IFT adjoint is solved by GMRES (which needs only ``I - J`` to be
+    invertible, not ``T`` to contract) to ``tol``, for at most ``cycles``
+    restarts of ``restart`` Krylov vectors; whether it got there is reported
+    beside the cosine. Both gradients share the same forward solve.
+
+    Args:
+      model: a :class:`~jfbjax.models.DEGRAD` (or subclass) model.
+      d, x: a (N, H, W, C) batch of degraded images and their clean versions.
+
+    Returns:
+      ``{"cos_jfb_ift", "ift_adjoint_converged", "ift_adjoint_residual_max",
+      "grad_norm_jfb", "grad_norm_ift", "n_images"}``.
+    """
+    from flax import nnx
+
+    from jfbjax.backward import IFT, JFB
+    from jfbjax.diagnostics import gradient_alignment
+    from jfbjax.solvers import tree_norm
+    from jfbjax.training.steps import mse_loss
+
+    residuals = []
+
+    def record(info):
+        residuals.append(np.asarray(info.residual))
+
+    def grads(backward, callback):
+        m = model.with_solver(backward=backward)
+        m.backward_callback = callback
+        graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+
+        def loss(params):
+            return mse_loss(nnx.merge(graphdef, params, rest)(d)[0], x)
+
+        return jax.jit(jax.grad(loss))(params)
+
+    g_jfb = grads(JFB(), None)
+    g_ift = grads(IFT("gmres", tol=tol, max_iter=cycles, restart=restart), record)
+    g_ift = jax.block_until_ready(g_ift)
+    res = np.concatenate([r.ravel() for r in residuals]) if residuals else np.array([np.nan])
+    return {
+        "cos_jfb_ift": float(gradient_alignment(g_jfb, g_ift)),
+        "ift_adjoint_tol": tol,
+        "ift_adjoint_converged": float(np.mean(res <= tol)),
+        "ift_adjoint_residual_max": float(np.max(res)),
+        "grad_norm_jfb": float(tree_norm(g_jfb)),
+        "grad_norm_ift": float(tree_norm(g_ift)),
+        "n_images": int(d.shape[0]),
+    }
