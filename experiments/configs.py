@@ -30,7 +30,12 @@ convolutions: float32 | bfloat16, mixed precision with float32 accumulation;
 the first convolution, the solver state and norms stay float32),
 ``family`` (degrad | deprox: the map, ``jfbjax.models.DEGRAD`` /
 ``DEProx``), ``start`` (adjoint | cg: ``x0 = A^T d`` or ``start_iters`` CG
-iterations on ``(A^T A + start_weight I) x = A^T d``), ``pretrain_steps``
+iterations on ``(A^T A + start_weight I) x = A^T d``), ``precond`` (``mu > 0``:
+DE-GRAD's step preconditioned by ``~(A^T A + mu I)^{-1}``, ``precond_iters``
+Chebyshev iterations; same fixed points, better conditioned map; 0: the
+paper's map), ``tikhonov`` (``lam``: DE-GRAD's
+regulariser becomes ``lam x + R(x)``, so the untrained model is the Tikhonov
+solution; 0: the paper's map), ``pretrain_steps``
 (denoiser pretraining of R before the equilibrium training, 0: none;
 ``jfbjax.training.pretrain``), ``pretrain_sigma`` (its noise std on [-1, 1]),
 ``pretrain_scale`` (R is trained to predict this times the noise),
@@ -103,6 +108,9 @@ def _base() -> ml_collections.ConfigDict:
     c.model.start = "adjoint"
     c.model.start_iters = 60
     c.model.start_weight = 0.01
+    c.model.precond = 0.0
+    c.model.precond_iters = 10
+    c.model.tikhonov = 0.0
     c.model.pretrain_steps = 0
     c.model.pretrain_sigma = 0.05
     c.model.pretrain_scale = 1.0

@@ -131,6 +131,30 @@ class DEGRAD(nnx.Module):
         conjugate-gradient iterations on ``(A^T A + start_weight I) x = A^T d``
         from 0; static).
       start_iters, start_weight: the CG start's iterations and Tikhonov weight.
+      precond: ``mu > 0`` preconditions the step with ``P ~ (A^T A + mu I)^{-1}``
+        (``precond_iters`` Chebyshev iterations,
+        :meth:`~jfbjax.imaging.blur.Blur.normal_inverse_approx`), i.e.
+        ``T(x) = x - eta P (A^T(A x - d) + R(x))``; 0 (the default, the
+        paper's map) means ``P = I``. ``P`` is symmetric positive definite,
+        so the fixed points are the same for every ``mu``:
+        ``x = T(x) <=> A^T(A x - d) + R(x) = 0``. What changes is the
+        Jacobian, ``I - eta P (A^T A + dR/dx)``: in an eigenvector of
+        ``A^T A`` with eigenvalue ``h``, where ``dR/dx`` acts as ``r``, it
+        is about ``(mu - r) / (h + mu)`` for ``eta = 1`` (``P`` commutes
+        with ``A^T A``), so directions the blur removes (``h = 0``) contract by
+        ``|1 - r / mu|`` instead of ``|1 - r|``: a weak regulariser
+        (``0 < r < 2 mu``) now gives a contraction, and the JFB gradient
+        ``-v^T eta P dR/dtheta`` is the IFT gradient with ``dR/dx``
+        replaced by ``mu I``. No guarantee: ``r <= 0`` or ``r >= 2 mu``
+        still expands. Only :class:`DEGRAD` uses it.
+      tikhonov: ``lam >= 0`` adds a fixed Tikhonov term to the regulariser,
+        ``R(x) -> lam x + R(x)``, so that the untrained model (``R = 0``,
+        its last layer starts at zero) is the Tikhonov solution
+        ``(A^T A + lam I)^{-1} A^T d`` instead of the ill-posed least-squares
+        one, and ``dR/dx`` starts at ``lam I > 0`` in every direction (with
+        ``precond = mu`` the map then starts as a contraction by about
+        ``|1 - lam / mu|`` along the directions the blur removes). The DnCNN
+        learns the correction. 0 (the default): the paper's map.
 
     ``model.solver`` and ``model.backward`` are plain attributes and may be
     reassigned (e.g. a tighter solver for evaluation); :meth:`with_solver`
@@ -150,6 +174,9 @@ class DEGRAD(nnx.Module):
         start: str = "adjoint",
         start_iters: int = 60,
         start_weight: float = 0.01,
+        precond: float = 0.0,
+        precond_iters: int = 10,
+        tikhonov: float = 0.0,
     ):
         if not (np.isfinite(eta_init) and eta_init > 0):
             raise ValueError(f"eta_init must be a finite number > 0, got {eta_init!r}")
@@ -160,6 +187,13 @@ class DEGRAD(nnx.Module):
                 f"the CG start needs start_iters >= 1 and start_weight > 0, got "
                 f"{start_iters!r} and {start_weight!r}"
             )
+        if not (np.isfinite(precond) and precond >= 0):
+            raise ValueError(f"precond must be a finite number >= 0, got {precond!r}")
+        self.precond = float(precond)
+        self.precond_iters = int(precond_iters)
+        if not (np.isfinite(tikhonov) and tikhonov >= 0):
+            raise ValueError(f"tikhonov must be a finite number >= 0, got {tikhonov!r}")
+        self.tikhonov = float(tikhonov)
         self.start_kind = start
         self.start_iters = int(start_iters)
         self.start_weight = float(start_weight)
@@ -201,6 +235,10 @@ class DEGRAD(nnx.Module):
         Returns an array of ``x``'s shape and dtype.
         """
         grad = self.blur.adjoint(self.blur.apply(x) - d) + self.regulariser(x)
+        if self.tikhonov > 0:
+            grad = grad + self.tikhonov * x
+        if self.precond > 0:
+            grad = self.blur.normal_inverse_approx(grad, self.precond, self.precond_iters)
         out = x - self.eta.astype(grad.dtype) * grad
         if self.clamp:
             out = jnp.clip(out, -1.0, 1.0)
@@ -267,6 +305,11 @@ class DEProx(DEGRAD):
     1``); nothing here forces ``D`` to be one, so contraction is trained and
     measured. Same arguments as :class:`DEGRAD`.
     """
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("precond", 0.0) or kwargs.get("tikhonov", 0.0):
+            raise ValueError("DEProx has no preconditioner or Tikhonov term (DE-GRAD's options)")
+        super().__init__(*args, **kwargs)
 
     def step(self, x: jax.Array, d: jax.Array) -> jax.Array:
         """``D(x - eta A^T(A x - d))`` on ``(H, W, C)`` or ``(N, H, W, C)`` images."""
@@ -348,7 +391,8 @@ def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
     ``channels`` (default 3), ``learn_eta`` (default True), ``family``
     (:data:`FAMILIES`, default "degrad": :class:`DEGRAD`; "deprox":
     :class:`DEProx`), ``start`` (:data:`STARTS`, default "adjoint"),
-    ``start_iters`` and ``start_weight`` (the CG start). For "degrad"
+    ``start_iters`` and ``start_weight`` (the CG start), ``precond`` (``mu`` of
+    the DE-GRAD preconditioner, 0: none). For "degrad"
     the solver and backward mode come from ``config.solver`` and
     ``config.backward`` (:func:`solver_from_config`, :func:`backward_from_config`).
 
@@ -391,4 +435,13 @@ def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
         start=str(m.get("start", "adjoint")),
         start_iters=int(m.get("start_iters", 60)),
         start_weight=float(m.get("start_weight", 0.01)),
+        **(
+            {
+                "precond": float(m.get("precond", 0.0)),
+                "precond_iters": int(m.get("precond_iters", 10)),
+                "tikhonov": float(m.get("tikhonov", 0.0)),
+            }
+            if cls is DEGRAD
+            else {}
+        ),
     )

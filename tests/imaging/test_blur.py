@@ -200,3 +200,28 @@ def test_bad_shapes_and_dtypes(method):
         fn(jnp.ones((4, 0, 3)))
     with pytest.raises(ValueError, match="real images"):
         fn(jnp.ones((4, 4, 1), jnp.complex64))
+
+
+def _dense(op, shape):
+    n = int(np.prod(shape))
+    return np.asarray(op(jnp.eye(n, dtype=jnp.float64).reshape(n, *shape))).reshape(n, n).T
+
+
+@pytest.mark.parametrize("boundary", ["zero", "circular"])
+def test_chebyshev_preconditioner_is_spd_commutes_and_meets_its_bound(x64, boundary):
+    blur, shape = Blur(5, 5.0, boundary), (6, 6, 2)
+    h = _dense(blur.normal, shape)
+    for mu, iters in [(0.05, 10), (0.02, 6)]:
+        p = _dense(lambda x, mu=mu, iters=iters: blur.normal_inverse_approx(x, mu, iters), shape)
+        np.testing.assert_allclose(p, p.T, atol=1e-12)  # symmetric
+        np.testing.assert_allclose(p @ h, h @ p, atol=1e-10)  # a polynomial in A^T A
+        assert np.linalg.eigvalsh(p).min() > 0
+        # Chebyshev's bound on the residual polynomial over [mu, 1 + mu].
+        k = (1 + mu) / mu
+        q = (np.sqrt(k) - 1) / (np.sqrt(k) + 1)
+        residual = np.eye(len(h)) - p @ (h + mu * np.eye(len(h)))
+        assert np.linalg.norm(residual, 2) <= 2 * q**iters + 1e-12
+    with pytest.raises(ValueError, match="mu"):
+        blur.normal_inverse_approx(jnp.ones(shape), 0.0)
+    with pytest.raises(ValueError, match="iters"):
+        blur.normal_inverse_approx(jnp.ones(shape), 0.1, 0)
