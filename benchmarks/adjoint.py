@@ -42,7 +42,7 @@ from benchmarks.common import markdown_table, run_meta, write_result
 from jfbjax.data.loader import load_data_from_config
 from jfbjax.models import freeze_spectral_norm
 from jfbjax.solvers import Anderson, Picard, iterate
-from jfbjax.training.loop import evaluation_images
+from jfbjax.training.records import evaluation_images
 from jfbjax.training.restore import Run, load_run
 
 

@@ -31,7 +31,7 @@ from benchmarks.common import markdown_table, run_meta, write_result
 from jfbjax.data.loader import load_data_from_config
 from jfbjax.models import freeze_spectral_norm
 from jfbjax.solvers import Anderson, iterate
-from jfbjax.training.loop import evaluation_images
+from jfbjax.training.records import evaluation_images
 from jfbjax.training.restore import load_run
 
 #: Layers computed in float32 in each variant; the others use the run's low dtype.

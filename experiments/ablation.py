@@ -32,7 +32,7 @@ import numpy as np
 
 from experiments.compare import LearnedRun, _complete, _machine, _train
 from experiments.configs import PRESETS, apply_overrides, get_config
-from jfbjax.training.loop import jsonable
+from jfbjax.training.records import jsonable
 
 __all__ = [
     "BASELINE",

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import itertools
 import json
 import os
@@ -51,7 +50,7 @@ from matplotlib.figure import Figure
 import jfbjax
 from experiments.configs import PRESETS, apply_overrides, get_config
 from jfbjax.data import load_data_from_config
-from jfbjax.imaging.baselines import tikhonov_cg, tune_weight, tv_deblur, wiener
+from jfbjax.imaging.baselines import tv_deblur
 from jfbjax.imaging.metrics import psnr
 from jfbjax.imaging.noise import degrade
 from jfbjax.models import pnp_pgd, solver_from_config
@@ -69,9 +68,10 @@ from jfbjax.training import (
     score,
     train_and_evaluate,
 )
+from jfbjax.training.classical import classical_methods, evaluate_classical
 from jfbjax.training.figures import plot_restorations
-from jfbjax.training.loop import config_diff, config_json, evaluation_images, jsonable
 from jfbjax.training.profiling import compiled_memory, time_call
+from jfbjax.training.records import config_diff, config_json, evaluation_images, jsonable
 
 __all__ = ["compare_settings", "learned_runs", "main", "run_comparison"]
 
@@ -515,7 +515,7 @@ def run_comparison(
     def time_per_image(fn, *args):
         return 1e3 * time_call(fn, *args, repeats=repeats)["median_s"] / len(d_test)
 
-    dj, xvj = jnp.asarray(d_test), jnp.asarray(x_val)
+    dj = jnp.asarray(d_test)
     x_adj = np.asarray(blur.adjoint(dj))
     for method, x_hat, fn in (
         ("blurred", d_test, None),
@@ -525,24 +525,24 @@ def run_comparison(
             timing = {"infer_ms_per_image": time_per_image(fn, dj)} if fn else {}
             add_row(method, [{"seed": base_seed, **score(x_test, x_hat)}], timing)
             outputs[method] = x_hat
-    tv = functools.partial(tv_deblur, iters=int(settings.tv_iters), tol=float(settings.tv_tol))
-    grids = {
-        "wiener": (wiener, tuple(base.wiener.weights)),
-        "tikhonov": (tikhonov_cg, tuple(base.wiener.weights)),
-        "tv": (tv, tuple(settings.tv_weights)),
-    }
-    for method, (fn, grid) in grids.items():
+    # The training loop's classical baselines, with the comparison's TV settings.
+    classical_cfg = base.copy_and_resolve_references()
+    classical_cfg.tv.weights = tuple(settings.tv_weights)
+    classical_cfg.tv.iters, classical_cfg.tv.tol = int(settings.tv_iters), float(settings.tv_tol)
+    for method, (fn, grid) in classical_methods(classical_cfg).items():
         if not want(method):
             continue
         t0 = time.perf_counter()
-        weight, table = tune_weight(fn, jnp.asarray(d_val), xvj, blur, grid)
+        metrics, out = evaluate_classical(
+            classical_cfg, blur, d_val, x_val, d_test, x_test, {method: (fn, grid)}
+        )
         tuning_s = time.perf_counter() - t0
+        weight, x_hat = metrics[method]["weight"], out[method]
         jitted = jax.jit(lambda d, w, fn=fn: fn(d, blur, w))
         w = jnp.asarray(weight, jnp.float32)
-        x_hat = np.asarray(jitted(dj, w))
         extra = {
             "weight": weight,
-            "tuning": table,
+            "tuning": metrics[method]["tuning"],
             "tuning_s": tuning_s,
             "infer_ms_per_image": time_per_image(jitted, dj, w),
         }

@@ -49,6 +49,7 @@ __all__ = [
     "ContractionPenalty",
     "contraction_factors",
     "gradient_alignment_report",
+    "make_contraction_eval",
     "penalty_from_config",
 ]
 
@@ -95,6 +96,7 @@ class ContractionPenalty:
 
     @property
     def active(self) -> bool:
+        """Whether either penalty has a positive weight."""
         return self.jac_weight > 0 or self.spectral_weight > 0
 
     def __call__(self, step, x_star: jax.Array, d: jax.Array, key: jax.Array):
@@ -196,6 +198,7 @@ class AdjointStats:
         return self.converged / self.total if self.total else None
 
     def reset(self) -> None:
+        """Forget the counts (e.g. before timing steps that should not be counted)."""
         self.converged = self.total = 0
 
 
@@ -252,3 +255,38 @@ def gradient_alignment_report(
         "grad_norm_ift": float(tree_norm(g_ift)),
         "n_images": int(d.shape[0]),
     }
+
+
+def make_contraction_eval(graphdef, config, batch_size: int):
+    """``f(params, rest, x_star, d) -> {"contraction_mean", "contraction_max"}`` over images.
+
+    The contraction factor :func:`contraction_factors` of the model
+    ``nnx.merge(graphdef, params, rest)`` at each fixed point ``x_star[i]``
+    (with ``config.contraction.eval_iters`` power steps, default 20), jitted
+    once and run in batches of ``batch_size`` (the last one padded).
+    """
+    from flax import nnx
+
+    from jfbjax.models.dncnn import freeze_spectral_norm
+
+    iters = int(config.get("contraction", {}).get("eval_iters", 20))
+
+    @jax.jit
+    def factors(params, rest, x, d):
+        step = freeze_spectral_norm(nnx.merge(graphdef, params, rest)).step
+        return contraction_factors(step, x, d, iters)
+
+    def evaluate(params, rest, x_star, d) -> dict:
+        params, rest = jax.device_get((params, rest))
+        n, out = len(d), []
+        for i in range(0, n, batch_size):
+            xb, db = np.asarray(x_star[i : i + batch_size]), np.asarray(d[i : i + batch_size])
+            pad = batch_size - len(db)
+            if pad:
+                xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
+                db = np.concatenate([db, np.repeat(db[-1:], pad, 0)])
+            out.append(np.asarray(factors(params, rest, xb, db))[: batch_size - pad])
+        f = np.concatenate(out)
+        return {"contraction_mean": float(np.mean(f)), "contraction_max": float(np.max(f))}
+
+    return evaluate

@@ -18,12 +18,14 @@ pretraining is deterministic.
 
 from __future__ import annotations
 
+import time
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-__all__ = ["pretrain_denoiser"]
+__all__ = ["pretrain_denoiser", "pretrain_from_config"]
 
 
 def pretrain_denoiser(
@@ -99,3 +101,33 @@ def pretrain_denoiser(
         "final_loss": sum(losses[-tail:]) / tail,
         "psnr_gain": float(gain),
     }
+
+
+def pretrain_from_config(config, model, data, say=print) -> dict | None:
+    """Pretrains ``model.regulariser`` as ``config.model`` asks (``pretrain_steps`` > 0).
+
+    Uses ``pretrain_sigma``, ``pretrain_scale``, ``pretrain_lr`` and the run's
+    ``batch_size`` and ``seed`` on ``data.train_batch``. Returns the summary of
+    :func:`pretrain_denoiser` with its ``time_s``, or None when no pretraining
+    is configured.
+    """
+    m = config.model
+    if int(m.get("pretrain_steps", 0)) <= 0:
+        return None
+    t0 = time.perf_counter()
+    summary = pretrain_denoiser(
+        model.regulariser,
+        data.train_batch,
+        steps=int(m.pretrain_steps),
+        sigma=float(m.pretrain_sigma),
+        scale=float(m.pretrain_scale),
+        lr=float(m.pretrain_lr),
+        batch_size=int(config.batch_size),
+        seed=int(config.seed),
+    )
+    summary["time_s"] = time.perf_counter() - t0
+    say(
+        f"pretraining: R as a denoiser (sigma {summary['sigma']:g}), {summary['steps']} "
+        f"steps in {summary['time_s']:.0f} s, PSNR gain {summary['psnr_gain']:.2f} dB"
+    )
+    return summary

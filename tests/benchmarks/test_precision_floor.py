@@ -13,8 +13,10 @@ def test_variants_from_low_precision_to_float32(tiny_run, tmp_path_factory):
     assert list(rows) == list(precision_floor.VARIANTS)
     assert rows["all float32"]["noise_floor"] == 0.0  # the reference itself
     assert 0 < rows["all low precision"]["noise_floor"] < 0.05  # bfloat16: ~2^-9 relative
-    # the model's own assignment (first conv float32) is one of the variants
-    assert rows["first conv float32"]["noise_floor"] < rows["all low precision"]["noise_floor"]
+    # Every variant with a bfloat16 convolution has a floor of bfloat16's order (which one is
+    # lowest depends on the trained weights: on the cpu model, the first conv in float32).
+    low = [r["noise_floor"] for v, r in rows.items() if v != "all float32"]
+    assert all(0 < f < 0.05 for f in low) and max(low) < 10 * min(low)
     for r in rows.values():
         assert 1 <= r["iterations"] <= res["max_iter"] and 0 <= r["converged"] <= 1
     (md,) = out.glob("precision_floor_*.md")

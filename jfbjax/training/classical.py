@@ -1,0 +1,72 @@
+"""The classical baselines of a run, tuned on the validation images and scored on the test ones.
+
+One function for the training loop and ``experiments.compare``: Wiener
+(FFT), Tikhonov (exact CG) and total variation (primal-dual), each with the
+weight of its grid that gives the best mean validation PSNR.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+
+from jfbjax.imaging.baselines import tikhonov_cg, tune_weight, tv_deblur, wiener
+from jfbjax.imaging.blur import Blur
+from jfbjax.training.evaluation import score
+from jfbjax.training.records import jsonable
+
+__all__ = ["LABELS", "classical_methods", "evaluate_classical"]
+
+#: Display names of the classical methods.
+LABELS = {"wiener": "Wiener (FFT)", "tikhonov": "Tikhonov (CG)", "tv": "TV"}
+
+
+def classical_methods(config) -> dict[str, tuple]:
+    """``name -> (method(d, blur, weight), weight grid)`` for ``config``.
+
+    Wiener and Tikhonov use ``config.wiener.weights``; TV uses
+    ``config.tv.weights`` with ``config.tv.iters`` / ``config.tv.tol`` and is
+    left out when that grid is empty or the section is absent.
+    """
+    grid = tuple(float(w) for w in config.wiener.weights)
+    methods = {"wiener": (wiener, grid), "tikhonov": (tikhonov_cg, grid)}
+    tv = config.get("tv")
+    if tv is not None and len(tv.weights):
+        fn = functools.partial(tv_deblur, iters=int(tv.iters), tol=float(tv.get("tol", 0.0)))
+        methods["tv"] = (fn, tuple(float(w) for w in tv.weights))
+    return methods
+
+
+def evaluate_classical(
+    config,
+    blur: Blur,
+    d_val: np.ndarray,
+    x_val: np.ndarray,
+    d_test: np.ndarray,
+    x_test: np.ndarray,
+    methods: dict[str, tuple] | None = None,
+) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Tunes each method's weight on the validation images and scores it on the test images.
+
+    Args:
+      config: a run configuration (for :func:`classical_methods`).
+      blur: the forward operator.
+      d_val, x_val, d_test, x_test: degraded and clean validation / test images.
+      methods: ``name -> (method, grid)`` (default: :func:`classical_methods`).
+
+    Returns:
+      ``(metrics, outputs)``: per method, :func:`~jfbjax.training.score` of
+      its test restorations plus ``weight`` and ``tuning`` (the grid with its
+      validation PSNRs), and the test restorations themselves.
+    """
+    methods = classical_methods(config) if methods is None else methods
+    metrics, outputs = {}, {}
+    dv, xv, dt = jnp.asarray(d_val), jnp.asarray(x_val), jnp.asarray(d_test)
+    for name, (method, grid) in methods.items():
+        weight, table = tune_weight(method, dv, xv, blur, grid)
+        outputs[name] = np.asarray(method(dt, blur, float(weight)))
+        metrics[name] = {**score(x_test, outputs[name]), "weight": float(weight)}
+        metrics[name]["tuning"] = jsonable(table)
+    return metrics, outputs

@@ -1,0 +1,158 @@
+"""What a run records and how: JSON conversion, config records, the metrics log, run keys.
+
+Shared by the training loop, ``experiments.compare``, ``experiments.ablation``
+and the benchmarks, so that every one of them writes and reads run folders
+the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jfbjax.imaging.blur import Blur
+from jfbjax.imaging.noise import degrade
+from jfbjax.training.parallel import DataParallel
+
+__all__ = [
+    "MetricsLog",
+    "config_diff",
+    "config_json",
+    "device_info",
+    "evaluation_images",
+    "jsonable",
+    "run_keys",
+]
+
+
+def jsonable(x):
+    """``x`` with numpy / jax scalars and arrays turned into Python numbers and lists.
+
+    Dicts (keys become strings), lists and tuples are converted recursively;
+    non-finite floats become None (JSON has no NaN or inf).
+    """
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray | jax.Array):
+        return jsonable(np.asarray(x).tolist())
+    if isinstance(x, np.generic):
+        return jsonable(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict:
+    """The configuration as the plain JSON dict written to a run's ``config.json``.
+
+    ml_collections' best-effort JSON, then :func:`jsonable`; two runs have
+    the same configuration when these dicts are equal (:func:`config_diff`).
+    """
+    return jsonable(json.loads(config.to_json_best_effort()))
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The differences between two nested dicts (e.g. two ``config.json`` records).
+
+    Returns one ``"dotted.key: a_value -> b_value"`` string per leaf that
+    differs or exists on one side only, sorted by key; empty when equal.
+    """
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def run_keys(config) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(train_key, val_key, test_key)`` of a run: the training noise key and the
+    keys of the fixed validation and test noise draws, all from ``config.seed``."""
+    train_key, val_key, test_key = jax.random.split(jax.random.PRNGKey(int(config.seed)), 3)
+    return train_key, val_key, test_key
+
+
+def evaluation_images(config, data, blur: Blur) -> tuple[np.ndarray, np.ndarray]:
+    """``(d_val, d_test)``: the run's validation and test images degraded by ``blur``
+    with the noise of ``config.noise_std`` drawn from :func:`run_keys`, so every
+    method scored with the same config sees exactly these images."""
+    _, val_key, test_key = run_keys(config)
+    noise_std = float(config.noise_std)
+    d_val = np.asarray(degrade(val_key, jnp.asarray(data.val), blur, noise_std))
+    d_test = np.asarray(degrade(test_key, jnp.asarray(data.test), blur, noise_std))
+    return d_val, d_test
+
+
+def device_info(dp: DataParallel) -> dict:
+    """What a run ran on, for ``results.json``.
+
+    Returns ``platform``, ``device_kind``, ``num_devices`` (of ``dp``'s mesh),
+    ``process_count``, ``jax_version``, ``host`` and ``cpu_count``.
+    """
+    devices = list(dp.mesh.devices.flat)
+    return {
+        "platform": devices[0].platform,
+        "device_kind": devices[0].device_kind,
+        "num_devices": len(devices),
+        "process_count": jax.process_count(),
+        "jax_version": jax.__version__,
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+class MetricsLog:
+    """Appends JSON records to ``metrics.jsonl`` (one per line, flushed each time).
+
+    Only the main process (``jax.process_index() == 0``) writes. With
+    ``keep_until`` (a resume) the records past that step are dropped, since the
+    resumed run writes them again; otherwise the file starts empty.
+    """
+
+    def __init__(self, path: str, keep_until: int | None):
+        self.path = path
+        self.active = jax.process_index() == 0
+        if not self.active:
+            return
+        if keep_until is None:
+            open(path, "w").close()
+        else:
+            kept = [r for r in self.read() if r["step"] <= keep_until]
+            with open(path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+
+    def write(self, record: dict) -> None:
+        """Appends ``record`` (made :func:`jsonable`) as one line; other processes do nothing."""
+        if not self.active:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(jsonable(record)) + "\n")
+
+    def read(self) -> list[dict]:
+        """Every record of the file, in order (an empty list when it does not exist)."""
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def train_time_before(self) -> float:
+        """Training seconds recorded so far: the newest kept record's running total
+        (0 for a fresh log), so that a resumed run's clock continues."""
+        newest = max(
+            (r for r in self.read() if "train_time_s" in r),
+            key=lambda r: r["step"],
+            default={"train_time_s": 0.0},
+        )
+        return float(newest["train_time_s"])
