@@ -35,7 +35,9 @@ DE-GRAD's step preconditioned by ``~(A^T A + mu I)^{-1}``, ``precond_iters``
 Chebyshev iterations; same fixed points, better conditioned map; 0: the
 paper's map), ``tikhonov`` (``lam``: DE-GRAD's
 regulariser becomes ``lam x + R(x)``, so the untrained model is the Tikhonov
-solution; 0: the paper's map), ``pretrain_steps``
+solution; 0: the paper's map), ``tv_weight`` / ``tv_eps`` (``w``, ``eps``:
+R becomes ``w grad TV_eps(x) + R(x)``, a smoothed total-variation gradient
+plus the learned correction; 0: the paper's map), ``pretrain_steps``
 (denoiser pretraining of R before the equilibrium training, 0: none;
 ``jfbjax.training.pretrain``), ``pretrain_sigma`` (its noise std on [-1, 1]),
 ``pretrain_scale`` (R is trained to predict this times the noise),
@@ -111,6 +113,8 @@ def _base() -> ml_collections.ConfigDict:
     c.model.precond = 0.0
     c.model.precond_iters = 10
     c.model.tikhonov = 0.0
+    c.model.tv_weight = 0.0
+    c.model.tv_eps = 0.1
     c.model.pretrain_steps = 0
     c.model.pretrain_sigma = 0.05
     c.model.pretrain_scale = 1.0

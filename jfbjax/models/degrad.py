@@ -44,7 +44,7 @@ import numpy as np
 from flax import nnx
 
 import jfbjax
-from jfbjax.imaging.baselines import tikhonov_cg
+from jfbjax.imaging.baselines import smoothed_tv_gradient, tikhonov_cg
 from jfbjax.imaging.blur import Blur
 from jfbjax.models.dncnn import DnCNN, freeze_spectral_norm
 
@@ -155,6 +155,15 @@ class DEGRAD(nnx.Module):
         ``precond = mu`` the map then starts as a contraction by about
         ``|1 - lam / mu|`` along the directions the blur removes). The DnCNN
         learns the correction. 0 (the default): the paper's map.
+      tv_weight, tv_eps: ``w >= 0`` adds a smoothed total-variation gradient,
+        ``R(x) -> w grad TV_eps(x) + R(x)``
+        (:func:`~jfbjax.imaging.baselines.smoothed_tv_gradient`): the untrained
+        model is then the smoothed-TV deblurrer, a strong classical start,
+        and the DnCNN learns a correction to it. The term's Jacobian is the
+        Hessian of a convex function (symmetric positive semi-definite, norm
+        ``<= 8 w / eps``), so it only adds positive curvature: it can
+        only lower the contraction factor of the preconditioned map where
+        ``8 w / eps <= 2 mu``. 0 (the default): the paper's map.
 
     ``model.solver`` and ``model.backward`` are plain attributes and may be
     reassigned (e.g. a tighter solver for evaluation); :meth:`with_solver`
@@ -177,6 +186,8 @@ class DEGRAD(nnx.Module):
         precond: float = 0.0,
         precond_iters: int = 10,
         tikhonov: float = 0.0,
+        tv_weight: float = 0.0,
+        tv_eps: float = 0.1,
     ):
         if not (np.isfinite(eta_init) and eta_init > 0):
             raise ValueError(f"eta_init must be a finite number > 0, got {eta_init!r}")
@@ -194,6 +205,11 @@ class DEGRAD(nnx.Module):
         if not (np.isfinite(tikhonov) and tikhonov >= 0):
             raise ValueError(f"tikhonov must be a finite number >= 0, got {tikhonov!r}")
         self.tikhonov = float(tikhonov)
+        if not (np.isfinite(tv_weight) and tv_weight >= 0 and np.isfinite(tv_eps) and tv_eps > 0):
+            raise ValueError(
+                f"tv_weight must be >= 0 and tv_eps > 0, got {tv_weight!r} and {tv_eps!r}"
+            )
+        self.tv_weight, self.tv_eps = float(tv_weight), float(tv_eps)
         self.start_kind = start
         self.start_iters = int(start_iters)
         self.start_weight = float(start_weight)
@@ -237,6 +253,8 @@ class DEGRAD(nnx.Module):
         grad = self.blur.adjoint(self.blur.apply(x) - d) + self.regulariser(x)
         if self.tikhonov > 0:
             grad = grad + self.tikhonov * x
+        if self.tv_weight > 0:
+            grad = grad + self.tv_weight * smoothed_tv_gradient(x, self.tv_eps).astype(grad.dtype)
         if self.precond > 0:
             grad = self.blur.normal_inverse_approx(grad, self.precond, self.precond_iters)
         out = x - self.eta.astype(grad.dtype) * grad
@@ -307,8 +325,8 @@ class DEProx(DEGRAD):
     """
 
     def __init__(self, *args, **kwargs):
-        if kwargs.get("precond", 0.0) or kwargs.get("tikhonov", 0.0):
-            raise ValueError("DEProx has no preconditioner or Tikhonov term (DE-GRAD's options)")
+        if any(kwargs.get(k, 0.0) for k in ("precond", "tikhonov", "tv_weight")):
+            raise ValueError("precond, tikhonov and tv_weight are DE-GRAD's options, not DEProx's")
         super().__init__(*args, **kwargs)
 
     def step(self, x: jax.Array, d: jax.Array) -> jax.Array:
@@ -440,6 +458,8 @@ def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
                 "precond": float(m.get("precond", 0.0)),
                 "precond_iters": int(m.get("precond_iters", 10)),
                 "tikhonov": float(m.get("tikhonov", 0.0)),
+                "tv_weight": float(m.get("tv_weight", 0.0)),
+                "tv_eps": float(m.get("tv_eps", 0.1)),
             }
             if cls is DEGRAD
             else {}

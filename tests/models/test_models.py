@@ -309,6 +309,16 @@ def test_preconditioner_and_tikhonov_term_keep_the_fixed_point_and_contract():
         c_plain = contraction_factors(plain.step, xa, d64, iters=100)
         c_pc = contraction_factors(pc.step, xb, d64, iters=100)
         assert np.all(c_plain > 0.9) and np.all(c_pc < 0.7)
+    # the smoothed-TV term is in the map too
+    from jfbjax.imaging.baselines import smoothed_tv_gradient
+
+    tv = small_degrad(blur, tv_weight=0.01, tv_eps=0.2)
+    x, d = _images(4, (2, 8, 8, 3)), _images(5, (2, 8, 8, 3))
+    r = _jit_call(tv.regulariser)(x)
+    expected = x - (blur.adjoint(blur.apply(x) - d) + 0.01 * smoothed_tv_gradient(x, 0.2) + r)
+    np.testing.assert_allclose(_jit_call(tv, "step")(x, d), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="tv_eps"):
+        small_degrad(blur, tv_weight=0.01, tv_eps=0.0)
     with pytest.raises(ValueError, match="precond"):
         small_degrad(blur, precond=-1.0)
     with pytest.raises(ValueError, match="DEProx"):
