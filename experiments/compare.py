@@ -413,7 +413,7 @@ def _table_md(rows: list[dict], header: dict) -> str:
         "bwd ms/step: that minus the forward solve on the same batch; peak MB: XLA's "
         "memory analysis of the compiled train step; train time: seconds spent in "
         "training steps (compilation included); infer ms/img: compiled forward on an "
-        "evaluation batch, per image. contraction: ||dT/dx||_2 at the test fixed points "
+        "evaluation batch, per image. contraction: ‖dT/dx‖₂ at the test fixed points "
         "(20 power-iteration steps; mean over images, averaged over seeds / max over "
         "images, averaged over seeds). IFT adjoint conv.: share of the training steps' "
         "adjoint solves that reached backward.tol (IFT rows). cos(JFB, IFT): cosine of "
@@ -533,11 +533,11 @@ def run_comparison(
         if not want(method):
             continue
         t0 = time.perf_counter()
-        metrics, out = evaluate_classical(
+        metrics, restored = evaluate_classical(
             classical_cfg, blur, d_val, x_val, d_test, x_test, {method: (fn, grid)}
         )
         tuning_s = time.perf_counter() - t0
-        weight, x_hat = metrics[method]["weight"], out[method]
+        weight, x_hat = metrics[method]["weight"], restored[method]
         jitted = jax.jit(lambda d, w, fn=fn: fn(d, blur, w))
         w = jnp.asarray(weight, jnp.float32)
         extra = {

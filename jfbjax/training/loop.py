@@ -304,11 +304,15 @@ def train_and_evaluate(
         return {"test": {"model": test}, "total_time_s": time.perf_counter() - t_begin}
 
     alignment = None
-    if implicit:
-        n = min(8, len(d_test))
+    c = config.get("contraction", {})
+    n = min(int(c.get("align_images", 8)), len(d_test))
+    if implicit and n > 0:
         trained = nnx.merge(graphdef, *jax.device_get((state.params, state.rest)))
         alignment = gradient_alignment_report(
-            trained, jnp.asarray(d_test[:n]), jnp.asarray(x_test[:n])
+            trained,
+            jnp.asarray(d_test[:n]),
+            jnp.asarray(x_test[:n]),
+            cycles=int(c.get("align_cycles", 20)),
         )
         _say(_implicit_lines(test, alignment, adjoint_stats, config))
 

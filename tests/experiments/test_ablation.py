@@ -22,6 +22,14 @@ def test_every_lever_changes_only_what_it_names():
         assert changed <= named, (lever.key, changed - named)
 
 
+def test_the_cpu_default_is_the_ablation_row_it_names():
+    from experiments.configs import get_config
+
+    levers = {lv.key: lv for lv in ablation.LEVERS}
+    chosen = ablation.ablation_config("cpu", levers[ablation.DEFAULT_LEVER], 0).to_dict()
+    assert compare.config_diff(chosen, get_config("cpu").to_dict()) == []
+
+
 def test_smoke_ablation_end_to_end(tmp_path):
     out = tmp_path / "abl"
     argv = ["--preset", "smoke_ablation", "--out", str(out), "--seeds", "0"]
