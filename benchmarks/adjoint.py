@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m benchmarks.adjoint --run results/cpu/runs/ift/seed0   # a trained run folder
+    python -m benchmarks.adjoint --run results/cpu_paper_map/runs/ift/seed0   # a trained run folder
     python -m benchmarks.adjoint --run DIR --x64                     # the same in float64
     # -> benchmarks/results/adjoint_<machine>.{md,json}
 
