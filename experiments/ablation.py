@@ -30,7 +30,7 @@ import time
 import jax
 import numpy as np
 
-from experiments.compare import LearnedRun, _complete, _machine, _train
+from experiments.compare import LearnedRun, _complete, _fmt, _machine, _train, _training_time
 from experiments.configs import PRESETS, apply_overrides, get_config
 from jfbjax.training.records import jsonable
 
@@ -180,14 +180,6 @@ def ablation_config(preset: str, lever: Lever, seed: int, extra: tuple[str, ...]
     return c
 
 
-def _final_record(workdir: str) -> dict:
-    """The last evaluation record of a run's metrics.jsonl (val and test at the end)."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    evals = [r for r in records if "val/psnr_standard" in r]
-    return evals[-1] if evals else {}
-
-
 def _row(lever: Lever, per_seed: list[dict]) -> dict:
     def mean(key):
         vals = [r[key] for r in per_seed if r.get(key) is not None]
@@ -209,7 +201,6 @@ def _row(lever: Lever, per_seed: list[dict]) -> dict:
 
 def _seed_record(results: dict, workdir: str, seed: int) -> dict:
     test = results["test"]["model"]
-    final = _final_record(workdir)
     alignment = results.get("gradient_alignment") or {}
     return {
         "seed": seed,
@@ -226,13 +217,9 @@ def _seed_record(results: dict, workdir: str, seed: int) -> dict:
         "ift_adjoint_converged": results.get("ift_adjoint_converged_during_training"),
         "cos_jfb_ift": alignment.get("cos_jfb_ift"),
         "ms_per_step": results["timing"]["ms_per_step"],
-        "train_time_s": final.get("train_time_s"),
+        "train_time_s": _training_time(workdir)[0],
         "total_time_s": results["total_time_s"],
     }
-
-
-def _fmt(x, spec=".2f"):
-    return "–" if x is None else format(x, spec)
 
 
 def _table_md(rows: list[dict], header: dict) -> str:
