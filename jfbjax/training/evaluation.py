@@ -18,7 +18,7 @@ import jfbjax
 from jfbjax.imaging.metrics import evaluate
 from jfbjax.training.parallel import DataParallel
 
-__all__ = ["predict", "score", "score_model"]
+__all__ = ["predict", "score", "score_model", "score_run"]
 
 
 def score(x_true: np.ndarray, x_hat: np.ndarray) -> dict[str, float]:
@@ -101,4 +101,42 @@ def score_model(
     metrics["mean_iterations"] = float(np.mean(iterations))
     metrics["max_iterations"] = int(np.max(iterations))
     metrics["fraction_converged"] = float(np.mean(status == int(jfbjax.CONVERGED)))
+    return metrics, x_hat
+
+
+def score_run(run, split: str = "test", data=None, contraction: bool = True):
+    """Scores a trained :class:`~jfbjax.training.Run` on its own evaluation images.
+
+    The images are those :func:`~jfbjax.training.train_and_evaluate` scored the
+    run with: ``split`` ("val" or "test") of the run's data (or ``data``, a
+    :class:`~jfbjax.data.common.DeblurData` already loaded), degraded by the
+    run's blur with the noise draw of its seed
+    (:func:`~jfbjax.training.records.evaluation_images`).
+
+    Returns ``(metrics, x_hat)``: :func:`score_model`'s metrics, plus
+    ``contraction_mean`` / ``contraction_max`` at the fixed points for an
+    implicit model when ``contraction`` is true.
+    """
+    from flax import nnx
+
+    from jfbjax.data.loader import load_data_from_config
+    from jfbjax.models import DEGRAD
+    from jfbjax.training.contraction import make_contraction_eval
+    from jfbjax.training.records import evaluation_images
+    from jfbjax.training.steps import make_eval_step
+
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    data = load_data_from_config(run.config) if data is None else data
+    d_val, d_test = evaluation_images(run.config, data, run.blur)
+    d, x_true = (d_val, data.val) if split == "val" else (d_test, data.test)
+    dp = DataParallel.create()
+    graphdef, params, rest = nnx.split(run.model, nnx.Param, ...)
+    batch_size = int(run.config.eval_batch_size)
+    metrics, x_hat = score_model(
+        make_eval_step(graphdef, dp), params, rest, d, x_true, batch_size, dp
+    )
+    if contraction and isinstance(run.model, DEGRAD):
+        factors = make_contraction_eval(graphdef, run.config, batch_size)
+        metrics.update(factors(params, rest, x_hat, d))
     return metrics, x_hat
