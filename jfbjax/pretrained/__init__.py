@@ -61,7 +61,8 @@ class PretrainedError(ValueError):
 
 
 def available() -> list[str]:
-    """Names of the models shipped in the package."""
+    """Names of the models shipped in the package: the folders of this package that
+    hold a ``meta.json`` (each one a name :func:`load` accepts)."""
     return sorted(p.name for p in _HERE.iterdir() if (p / META).is_file())
 
 
@@ -80,7 +81,8 @@ def model_dir(name: str | os.PathLike = DEFAULT) -> pathlib.Path:
 
 
 def sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file."""
+    """The hex SHA-256 digest of the file at ``path`` (read in 1 MiB blocks), as
+    recorded in a model's ``meta.json`` under ``params_sha256``."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -99,7 +101,11 @@ def _read_json(path: pathlib.Path) -> dict:
 
 
 def info(name: str | os.PathLike = DEFAULT) -> dict:
-    """The ``meta.json`` of model ``name`` (provenance, test metrics, checksum)."""
+    """The ``meta.json`` of model ``name`` as a dict: provenance (``source``: run,
+    commit, training and export commands), what it was trained for
+    (``trained_for``), the test metrics of the exported weights (``test``) and
+    the checksum (``params_sha256``). Raises :class:`PretrainedError` if missing
+    or corrupt."""
     return _read_json(model_dir(name) / META)
 
 
