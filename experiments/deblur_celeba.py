@@ -117,6 +117,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--no_progress", action="store_true", help="no progress bar (e.g. for log files)"
     )
     p.add_argument(
+        "--no_tensorboard",
+        action="store_true",
+        help="no TensorBoard event files in OUT/tensorboard (written when tensorboardX is "
+        "installed; open with `tensorboard --logdir OUT`)",
+    )
+    p.add_argument(
         "--multihost",
         action="store_true",
         help="call jax.distributed.initialize() first (multi-host data parallelism)",
@@ -230,7 +236,13 @@ def main(argv=None) -> int:
     from jfbjax.training import NonFiniteLossError, ResultsExistError, train_and_evaluate
 
     try:
-        results = train_and_evaluate(config, out, resume=args.resume, progress=not args.no_progress)
+        results = train_and_evaluate(
+            config,
+            out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            tensorboard=not args.no_tensorboard,
+        )
     except NonFiniteLossError as e:
         return _fail(str(e))
     except ResultsExistError as e:

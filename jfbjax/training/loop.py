@@ -121,6 +121,7 @@ def train_and_evaluate(
     progress: bool = True,
     devices: list | None = None,
     init_hook: Callable[[nnx.Module], None] | None = None,
+    tensorboard: bool = True,
 ) -> dict:
     """Trains the configured model on the configured data and evaluates it.
 
@@ -141,6 +142,10 @@ def train_and_evaluate(
         (e.g. copy a pretrained regulariser); ignored when resuming, where the
         checkpoint provides the parameters. Denoiser pretraining
         (``model.pretrain_steps``) runs after it.
+      tensorboard: also write TensorBoard event files to ``workdir/tensorboard``
+        (every ``metrics.jsonl`` scalar, and restored test images at each
+        evaluation) when ``tensorboardX`` is installed; without it, or with
+        False, only ``metrics.jsonl``.
 
     Returns:
       The results dict that is also written to ``workdir/results.json``.
@@ -212,7 +217,11 @@ def train_and_evaluate(
         f"{num_params:,} parameters; solver {config.solver.name}, backward "
         f"{config.backward.name}; devices: {dp.describe()}"
     )
-    log = MetricsLog(run_dir.metrics, keep_until=start if resume else None)
+    log = MetricsLog(
+        run_dir.metrics,
+        keep_until=start if resume else None,
+        tensorboard=run_dir.tensorboard if tensorboard else None,
+    )
     time_before = log.train_time_before()  # so that a resumed run's clock continues
     penalty = penalty_from_config(config) if implicit else None
     train_step = make_train_step(graphdef, tx, blur, float(config.noise_std), dp, schedule, penalty)
@@ -232,11 +241,16 @@ def train_and_evaluate(
         # (compilation included, evaluations not).
         return time_before + (compile_s or 0.0) + float(np.sum(step_times))
 
-    def record_eval(step: int, val: dict, test: dict) -> None:
+    n_fig = min(int(config.num_figure_images), len(x_test))
+    log.write_images("test/clean", x_test[:n_fig], start)
+    log.write_images("test/blurred", d_test[:n_fig], start)
+
+    def record_eval(step: int, val: dict, test: dict, x_hat: np.ndarray) -> None:
         record = {"step": step, "train_time_s": train_time()}
         record.update({f"val/{k}": v for k, v in val.items()})
         record.update({f"test/{k}": v for k, v in test.items()})
         log.write(record)
+        log.write_images("test/restored", x_hat[:n_fig], step)
 
     # ---- training --------------------------------------------------------------
     step_times: list[float] = []
@@ -281,8 +295,8 @@ def train_and_evaluate(
                 ckpts.save_latest(state)
             if done % int(config.eval_every) == 0 and done < steps:
                 t0 = time.perf_counter()
-                val, test, _ = evaluate_now(state)
-                record_eval(done, val, test)
+                val, test, x_hat = evaluate_now(state)
+                record_eval(done, val, test, x_hat)
                 ckpts.save_best(state, {BEST_METRIC: val["psnr_standard"]})
                 eval_s += time.perf_counter() - t0
                 _say(_eval_line(done, val, test))
@@ -291,12 +305,13 @@ def train_and_evaluate(
         # ---- final evaluation ------------------------------------------------------
         ckpts.save_latest(state)
         val, test, x_model = evaluate_now(state)
-        record_eval(steps, val, test)
+        record_eval(steps, val, test, x_model)
         ckpts.save_best(state, {BEST_METRIC: val["psnr_standard"]})
         best_step = ckpts.best_step()
     finally:
         bar.close()
         ckpts.close()
+        log.close()
 
     if train_step.traces > 1:
         _say(f"warning: the training step was traced {train_step.traces} times (expected 1)")

@@ -28,6 +28,7 @@ __all__ = [
     "device_info",
     "evaluation_images",
     "jsonable",
+    "read_tensorboard",
     "run_keys",
 ]
 
@@ -114,18 +115,36 @@ def device_info(dp: DataParallel) -> dict:
 
 
 class MetricsLog:
-    """Appends JSON records to ``metrics.jsonl`` (one per line, flushed each time).
+    """Appends JSON records to ``metrics.jsonl`` (one per line, flushed each time),
+    and mirrors them to TensorBoard event files when asked.
 
     Only the main process (``jax.process_index() == 0``) writes. With
     ``keep_until`` (a resume) the records past that step are dropped, since the
     resumed run writes them again; otherwise the file starts empty.
+
+    ``tensorboard``: a folder for TensorBoard event files, written with
+    ``tensorboardX`` when it is installed (``pip install tensorboardX``) and
+    skipped otherwise (:attr:`tensorboard_active` says which). Every numeric
+    field of a record becomes a scalar of the same name (``train/loss``,
+    ``val/psnr_standard``, ``test/contraction_max``, ...) at the record's
+    ``step``, and :meth:`write_images` adds image panels. A resumed run
+    purges the events past ``keep_until``, as for ``metrics.jsonl``.
     """
 
-    def __init__(self, path: str, keep_until: int | None):
+    def __init__(self, path: str, keep_until: int | None, tensorboard: str | None = None):
         self.path = path
         self.active = jax.process_index() == 0
+        self._tb = None
         if not self.active:
             return
+        if tensorboard is not None:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                pass
+            else:
+                purge = None if keep_until is None else int(keep_until) + 1
+                self._tb = SummaryWriter(tensorboard, purge_step=purge, flush_secs=10)
         if keep_until is None:
             open(path, "w").close()
         else:
@@ -137,8 +156,31 @@ class MetricsLog:
         """Appends ``record`` (made :func:`jsonable`) as one line; other processes do nothing."""
         if not self.active:
             return
+        record = jsonable(record)
         with open(self.path, "a") as f:
-            f.write(json.dumps(jsonable(record)) + "\n")
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            step = int(record["step"])
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float) and np.isfinite(value):
+                    self._tb.add_scalar(key, float(value), step)
+
+    @property
+    def tensorboard_active(self) -> bool:
+        """Whether TensorBoard event files are being written."""
+        return self._tb is not None
+
+    def write_images(self, tag: str, images: np.ndarray, step: int) -> None:
+        """Adds ``images`` ((N, H, W, C) on [-1, 1]) as the TensorBoard panel ``tag``."""
+        if self._tb is not None:
+            x = np.clip((np.asarray(images, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+            self._tb.add_images(tag, x, int(step), dataformats="NHWC")
+
+    def close(self) -> None:
+        """Flushes and closes the TensorBoard writer (metrics.jsonl is always flushed)."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
     def read(self) -> list[dict]:
         """Every record of the file, in order (an empty list when it does not exist)."""
@@ -156,3 +198,39 @@ class MetricsLog:
             default={"train_time_s": 0.0},
         )
         return float(newest["train_time_s"])
+
+
+def read_tensorboard(logdir: str) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of the TensorBoard event files in ``logdir``: ``{tag: [(step, value)]}``
+    in file order; image summaries are listed under their tag with value ``nan``.
+
+    Reads the TFRecord framing of the event files directly (length, CRC, the
+    ``Event`` protocol buffer of ``tensorboardX``, CRC), so neither TensorFlow
+    nor TensorBoard is needed to check what a run wrote.
+
+    Raises:
+      ImportError: tensorboardX is not installed.
+      FileNotFoundError: ``logdir`` holds no event file.
+    """
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    files = (
+        sorted(f for f in os.listdir(logdir) if "tfevents" in f) if os.path.isdir(logdir) else []
+    )
+    if not files:
+        raise FileNotFoundError(f"no TensorBoard event file in {logdir}")
+    out: dict[str, list[tuple[int, float]]] = {}
+    for name in files:
+        with open(os.path.join(logdir, name), "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                v = value.simple_value if value.HasField("simple_value") else float("nan")
+                out.setdefault(value.tag, []).append((int(event.step), v))
+    return out

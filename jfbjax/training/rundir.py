@@ -49,6 +49,11 @@ class RunDir:
         return os.path.join(self.workdir, "metrics.jsonl")
 
     @property
+    def tensorboard(self) -> str:
+        """``tensorboard/``, TensorBoard event files (``tensorboard --logdir`` on it)."""
+        return os.path.join(self.workdir, "tensorboard")
+
+    @property
     def results(self) -> str:
         """``results.json``, written at the end of the run."""
         return os.path.join(self.workdir, "results.json")

@@ -143,3 +143,21 @@ def test_deblur_image_simulate_writes_pngs_and_metrics(tmp_path, capsys):
 def test_deblur_image_missing_path_is_a_clear_error(tmp_path, capsys):
     assert deblur_image.main([str(tmp_path / "missing.png"), "--out", str(tmp_path)]) == 2
     assert "missing.png does not exist" in capsys.readouterr().err
+
+
+def test_readme_pretrained_snippet_runs():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [
+        b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "pretrained.load(" in b
+    ]
+    assert blocks, "README lost its pretrained snippet"
+    code = (
+        blocks[0]
+        + "\nimport jax.numpy as jnp\nx_hat, info = deblur(state, jnp.zeros((1, 24, 24, 3)))\n"
+    )
+    scope = {"__name__": "readme"}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["x_hat"].shape == (1, 24, 24, 3)

@@ -72,3 +72,39 @@ def test_readme_load_run_snippet_runs(run_dir):
     scope = {"__name__": "readme"}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["x_hat"].shape == (2, 16, 16, 3)
+
+
+def test_tensorboard_events_mirror_metrics_jsonl(run_dir):
+    from jfbjax.training.records import read_tensorboard
+
+    workdir, _ = run_dir
+    events = read_tensorboard(os.path.join(workdir, "tensorboard"))
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    final = [r for r in records if "val/psnr_standard" in r][-1]
+    for key in ("val/psnr_standard", "test/psnr_standard", "test/contraction_max"):
+        step, value = events[key][-1]
+        assert step == final["step"] and value == pytest.approx(final[key], rel=1e-6), key
+    train = [r for r in records if "train/loss" in r]
+    assert [s for s, _ in events["train/loss"]] == [r["step"] for r in train]
+    assert "train/lr" in events and "train/iterations" in events
+    # restored test images at every evaluation, clean and blurred ones once
+    assert [s for s, _ in events["test/restored"]] == [
+        r["step"] for r in records if "val/psnr_standard" in r
+    ]
+    assert len(events["test/clean"]) == 1 and len(events["test/blurred"]) == 1
+
+
+def test_metrics_log_without_tensorboardx_writes_only_jsonl(tmp_path, monkeypatch):
+    import sys
+
+    from jfbjax.training.records import MetricsLog, read_tensorboard
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import fails as if not installed
+    log = MetricsLog(str(tmp_path / "m.jsonl"), None, tensorboard=str(tmp_path / "tb"))
+    assert not log.tensorboard_active
+    log.write({"step": 1, "train/loss": 0.5})
+    log.close()
+    assert log.read() == [{"step": 1, "train/loss": 0.5}]
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError, match="no TensorBoard event file"):
+        read_tensorboard(str(tmp_path / "tb"))
