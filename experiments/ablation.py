@@ -30,7 +30,8 @@ import time
 import jax
 import numpy as np
 
-from experiments.compare import LearnedRun, _complete, _fmt, _machine, _train, _training_time
+from experiments.compare import LearnedRun, _complete, _machine, _train, _training_time
+from experiments.compare_report import fmt
 from experiments.configs import PRESETS, apply_overrides, get_config
 from jfbjax.training.records import jsonable
 
@@ -242,20 +243,20 @@ def _table_md(rows: list[dict], header: dict) -> str:
         spread = r["psnr_standard_seed_std"]
         cells = [
             r["label"] + (" **(the cpu default)**" if r["key"] == DEFAULT_LEVER else ""),
-            _fmt(r["psnr_standard"]),
+            fmt(r["psnr_standard"]),
             "–" if spread is None else f"±{spread:.2f} (n={len(r['seeds'])})",
-            _fmt(r["ssim_standard"], ".3f"),
-            _fmt(r["val_psnr_standard"]),
-            f"{_fmt(r['contraction_mean'], '.4f')} / {_fmt(r['contraction_max'], '.4f')}",
-            _fmt(r["mean_iterations"], ".1f"),
-            _fmt(None if r["fraction_converged"] is None else 100 * r["fraction_converged"], ".0f")
+            fmt(r["ssim_standard"], ".3f"),
+            fmt(r["val_psnr_standard"]),
+            f"{fmt(r['contraction_mean'], '.4f')} / {fmt(r['contraction_max'], '.4f')}",
+            fmt(r["mean_iterations"], ".1f"),
+            fmt(None if r["fraction_converged"] is None else 100 * r["fraction_converged"], ".0f")
             + "%",
             "–"
             if r.get("ift_adjoint_converged") is None
             else f"{100 * r['ift_adjoint_converged']:.0f}%",
-            _fmt(r.get("cos_jfb_ift"), ".3f"),
-            _fmt(r["ms_per_step"], ".0f"),
-            _fmt(r["train_time_s"], ".0f"),
+            fmt(r.get("cos_jfb_ift"), ".3f"),
+            fmt(r["ms_per_step"], ".0f"),
+            fmt(r["train_time_s"], ".0f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     tv = header.get("tv_psnr_standard")
@@ -266,7 +267,7 @@ def _table_md(rows: list[dict], header: dict) -> str:
         f"Machine: {header['machine']}; jax {header['jax']}; {header['date']}  ",
         f"Baseline (every row starts from it): `{' '.join(header['baseline'])}`  ",
         f"Test set: {header['data']}. TV (weight tuned on val) on the same test images: "
-        f"{_fmt(tv)} dB, SSIM {_fmt(header.get('tv_ssim_standard'), '.3f')}.",
+        f"{fmt(tv)} dB, SSIM {fmt(header.get('tv_ssim_standard'), '.3f')}.",
         "",
         "Test and val PSNR/SSIM: standard convention (images on [0, 1]), mean over the "
         "images, averaged over seeds; seed spread: std over seeds of the mean test PSNR. "

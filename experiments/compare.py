@@ -45,10 +45,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-from matplotlib.figure import Figure
 
 import jfbjax
-from experiments.configs import PRESETS, apply_overrides, get_config
+from experiments.compare_report import aggregate, plot_psnr_vs_time, table_markdown
+from experiments.configs import PRESETS, apply_overrides, compare_settings, get_config
 from jfbjax.data import load_data_from_config
 from jfbjax.imaging.baselines import tv_deblur
 from jfbjax.imaging.metrics import psnr
@@ -73,52 +73,20 @@ from jfbjax.training.figures import plot_restorations
 from jfbjax.training.profiling import compiled_memory, time_call
 from jfbjax.training.records import config_diff, config_json, evaluation_images, jsonable
 
-__all__ = ["compare_settings", "learned_runs", "main", "run_comparison"]
+__all__ = [
+    "Method",
+    "RunMismatchError",
+    "compare_settings",
+    "learned_runs",
+    "main",
+    "methods",
+    "run_comparison",
+    "select",
+]
 
 
 # ----------------------------------------------------------------------------
 # Settings
-
-
-def compare_settings(preset: str) -> ml_collections.ConfigDict:
-    """What the comparison adds to a preset's training config.
-
-    ``seeds``: seeds of every learned method. ``unrolled_k``: iterations of
-    the unrolled DE-GRAD (tol 0: exactly K, in training and at test time).
-    ``neumann_k``: the Neumann orders trained. ``denoiser_noise``: noise
-    levels (on [-1, 1]) of the PnP denoisers. ``pnp_steps``: PnP gradient
-    steps tried on val. ``pnp_max_iter``: iteration cap of the PnP solve
-    (the preset's solver otherwise). ``tv_weights`` / ``tv_iters`` /
-    ``tv_tol``: TV weight grid, iteration cap and relative-change tolerance.
-    ``eval_every``: evaluations during training (PSNR-vs-time curves).
-    ``timing_repeats``: timed calls per measurement (median reported).
-    """
-    s = ml_collections.ConfigDict()
-    s.seeds = (0, 1)
-    s.unrolled_k = 10
-    s.neumann_k = (2, 5)
-    s.denoiser_noise = (0.02, 0.05, 0.1)
-    s.pnp_steps = (0.5, 1.0, 1.5, 1.9)
-    s.pnp_max_iter = 100
-    s.tv_weights = tuple(10.0**e for e in (-4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0))
-    s.tv_iters = 3000
-    s.tv_tol = 1e-5
-    s.eval_every = 50
-    s.timing_repeats = 5
-    if preset == "smoke":
-        s.seeds = (0, 1)
-        s.unrolled_k = 4
-        s.neumann_k = (2,)
-        s.denoiser_noise = (0.05,)
-        s.pnp_steps = (1.0, 1.9)
-        s.pnp_max_iter = 15
-        s.tv_weights = (1e-3, 1e-2)
-        s.tv_iters = 200
-        s.eval_every = 10
-        s.timing_repeats = 2
-    elif preset == "paper":
-        s.eval_every = 2500
-    return s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,61 +99,130 @@ class LearnedRun:
     init_from: str | None = None  # method whose trained R initialises this one
 
 
-METHOD_LABELS = {
-    "blurred": "blurred input d",
-    "adjoint": "start point A^T d",
-    "wiener": "Wiener (FFT)",
-    "tikhonov": "Tikhonov (CG)",
-    "tv": "TV (primal-dual)",
-    "pnp": "PnP-PGD (DnCNN denoiser)",
-    "feedforward": "feed-forward DnCNN",
-    "unrolled": "DE-GRAD unrolled (K={k})",
-    "ift": "DE-GRAD + IFT",
-    "neumann{k}": "DE-GRAD + Neumann({k})",
-    "jfb": "DE-GRAD + JFB",
-    "jfb_pretrained": "DE-GRAD + JFB (pretrained R)",
-}
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One method of the comparison: everything the run plan, the table and the
+    figures need to know about it.
+
+    Attributes:
+      key: row key and run folder name (``OUT/runs/<key>/seed<k>``).
+      label: the table's row label.
+      short: the column title in ``restorations.png``.
+      kind: ``"input"`` (the blurred input, ``A^T d``), ``"classical"``
+        (tuned on val by :func:`~jfbjax.training.classical.evaluate_classical`),
+        ``"learned"`` (a training run with ``overrides`` on the preset's
+        config), ``"denoiser"`` (a training run that only serves another
+        method; no row) or ``"pnp"`` (plug-and-play with the denoisers).
+      overrides: ``(config key, value)`` pairs applied to the preset's config.
+      init_from: the method whose trained R initialises this run.
+      needs: methods trained first because this one uses them (not shown
+        unless asked for).
+      group: a name that selects every method of the group on the command
+        line (``--methods neumann``).
+    """
+
+    key: str
+    label: str
+    short: str
+    kind: str
+    overrides: tuple[tuple[str, object], ...] = ()
+    init_from: str | None = None
+    needs: tuple[str, ...] = ()
+    group: str | None = None
+
+    @property
+    def trained(self) -> bool:
+        """Whether the method is a training run of its own."""
+        return self.kind in ("learned", "denoiser")
 
 
-def _label(method: str, settings) -> str:
-    if method.startswith("neumann"):
-        return METHOD_LABELS["neumann{k}"].format(k=method[len("neumann") :])
-    if method.startswith("denoiser"):
-        return f"DnCNN denoiser (noise {method.split('_', 1)[1]})"
-    return METHOD_LABELS[method].format(k=settings.unrolled_k)
+def methods(settings: ml_collections.ConfigDict) -> tuple[Method, ...]:
+    """Every method of the comparison, in table order (dependencies first).
+
+    Adding a method to the comparison is adding its entry here.
+    """
+    k = int(settings.unrolled_k)
+    denoisers = tuple(
+        Method(
+            f"denoiser_{sigma:g}", f"DnCNN denoiser (noise {sigma:g})", f"denoiser {sigma:g}",
+            "denoiser",
+            # A denoiser is the feed-forward model for the identity blur.
+            (("model.kind", "feedforward"), ("blur.kernel_size", 1), ("noise_std", float(sigma))),
+        )
+        for sigma in settings.denoiser_noise
+    )  # fmt: skip
+    neumann = tuple(
+        Method(f"neumann{int(n)}", f"DE-GRAD + Neumann({int(n)})", f"Neumann({int(n)})", "learned",
+               (("backward.name", "neumann"), ("backward.k", int(n))), group="neumann")
+        for n in settings.neumann_k
+    )  # fmt: skip
+    return (
+        Method("blurred", "blurred input d", "blurred d", "input"),
+        Method("adjoint", "start point A^T d", "A^T d", "input"),
+        Method("wiener", "Wiener (FFT)", "Wiener", "classical"),
+        Method("tikhonov", "Tikhonov (CG)", "Tikhonov", "classical"),
+        Method("tv", "TV (primal-dual)", "TV", "classical"),
+        *denoisers,
+        Method("pnp", "PnP-PGD (DnCNN denoiser)", "PnP", "pnp",
+               needs=tuple(m.key for m in denoisers)),
+        Method("feedforward", "feed-forward DnCNN", "feed-forward", "learned",
+               (("model.kind", "feedforward"),)),
+        Method("unrolled", f"DE-GRAD unrolled (K={k})", "unrolled", "learned",
+               (("backward.name", "unrolled"), ("solver.tol", 0.0), ("solver.max_iter", k))),
+        Method("ift", "DE-GRAD + IFT", "IFT", "learned", (("backward.name", "ift"),)),
+        *neumann,
+        Method("jfb", "DE-GRAD + JFB", "JFB", "learned", (("backward.name", "jfb"),)),
+        Method("jfb_pretrained", "DE-GRAD + JFB (pretrained R)", "JFB (pretr.)", "learned",
+               (("backward.name", "jfb"),), init_from="feedforward", needs=("feedforward",)),
+    )  # fmt: skip
 
 
-def learned_runs(base: ml_collections.ConfigDict, settings) -> list[LearnedRun]:
-    """The training runs of the comparison, in an order that respects dependencies
-    (the feed-forward run before the pretrained JFB run, denoisers before PnP)."""
+def select(all_methods: tuple[Method, ...], wanted) -> tuple[list[Method], list[Method]]:
+    """``(shown, run)``: the methods asked for (keys or groups; None: all, but no
+    denoiser rows) and those to run for them (plus what they need), in table order.
+
+    Raises:
+      ValueError: an unknown method name.
+    """
+    by_key = {m.key: m for m in all_methods}
+    names = {m.key for m in all_methods} | {m.group for m in all_methods if m.group}
+    if wanted is None:
+        shown = [m for m in all_methods if m.kind != "denoiser"]
+    else:
+        unknown = sorted(set(wanted) - names)
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(names)}")
+        shown = [m for m in all_methods if m.key in wanted or (m.group and m.group in wanted)]
+    keys = {m.key for m in shown}
+    todo = [m for m in shown]
+    while todo:  # what they need, transitively
+        for need in todo.pop().needs:
+            if need not in keys:
+                keys.add(need)
+                todo.append(by_key[need])
+    return shown, [m for m in all_methods if m.key in keys]
+
+
+def learned_runs(base: ml_collections.ConfigDict, settings, wanted=None) -> list[LearnedRun]:
+    """The training runs of the comparison (of the ``wanted`` methods and what they
+    need), seed by seed in table order, so dependencies come first (the
+    feed-forward run before the pretrained JFB run, denoisers before PnP)."""
+    _, needed = select(methods(settings), wanted)
     runs = []
     for seed in settings.seeds:
-
-        def variant(method, init_from=None, seed=seed, **changes):
+        for m in needed:
+            if not m.trained:
+                continue
             c = base.copy_and_resolve_references()
             c.seed = int(seed)
             c.eval_every = int(settings.eval_every)
-            apply_overrides(c, [f"{k}={v!r}" for k, v in changes.items()])
-            runs.append(LearnedRun(method, int(seed), c, init_from))
-
-        for sigma in settings.denoiser_noise:
-            # A denoiser is the feed-forward model for the identity blur.
-            variant(
-                f"denoiser_{sigma:g}", **{"model.kind": "feedforward", "blur.kernel_size": 1,
-                                          "noise_std": float(sigma)}
-            )  # fmt: skip
-        variant("feedforward", **{"model.kind": "feedforward"})
-        variant(
-            "unrolled",
-            **{"backward.name": "unrolled", "solver.tol": 0.0,
-               "solver.max_iter": int(settings.unrolled_k)},
-        )  # fmt: skip
-        variant("ift", **{"backward.name": "ift"})
-        for k in settings.neumann_k:
-            variant(f"neumann{int(k)}", **{"backward.name": "neumann", "backward.k": int(k)})
-        variant("jfb", **{"backward.name": "jfb"})
-        variant("jfb_pretrained", init_from="feedforward", **{"backward.name": "jfb"})
+            apply_overrides(c, [f"{key}={value!r}" for key, value in m.overrides])
+            runs.append(LearnedRun(m.key, int(seed), c, m.init_from))
     return runs
+
+
+class RunMismatchError(ValueError):
+    """A run folder holds a run with another configuration than the one asked for."""
 
 
 # ----------------------------------------------------------------------------
@@ -213,8 +250,8 @@ def _train(run: LearnedRun, workdir: str, out: str, progress: bool) -> dict:
         with open(config_path) as f:
             have = json.load(f)
         if config_diff(have, wanted):
-            raise SystemExit(
-                f"error: {workdir} holds a run with a different configuration; "
+            raise RunMismatchError(
+                f"{workdir} holds a run with a different configuration; "
                 f"rerun with --fresh to retrain everything in {out}, or choose another --out"
             )
         if _complete(workdir):
@@ -322,125 +359,6 @@ def _training_time(workdir: str) -> tuple[float | None, list[tuple[float, float]
     return (curve[-1][0] if curve else None), curve
 
 
-# ----------------------------------------------------------------------------
-# Aggregation and output
-
-
-METRIC_KEYS = ("psnr_standard", "psnr_paper", "ssim_standard", "ssim_paper")
-
-
-def _aggregate(per_seed: list[dict]) -> dict:
-    """Means over seeds of every numeric field; ``*_seed_std`` / ``*_seed_range``
-    of the PSNR means over seeds."""
-    out = {"seeds": [r["seed"] for r in per_seed]}
-    keys = [k for k, v in per_seed[0].items() if isinstance(v, int | float) and k != "seed"]
-    for k in keys:
-        vals = [r[k] for r in per_seed if r.get(k) is not None]
-        out[k] = float(np.mean(vals)) if vals else None
-    for k in ("psnr_standard", "psnr_paper"):
-        vals = np.array([r[k] for r in per_seed])
-        out[f"{k}_seed_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-        out[f"{k}_seed_range"] = float(np.ptp(vals)) if len(vals) > 1 else None
-    return out
-
-
-def _fmt(x, spec=".2f", none="–"):
-    return none if x is None else format(x, spec)
-
-
-def _table_md(rows: list[dict], header: dict) -> str:
-    cols = [
-        "method",
-        "PSNR std (dB)",
-        "PSNR paper (dB)",
-        "SSIM std",
-        "SSIM paper",
-        "seed spread (dB)",
-        "params",
-        "train ms/step",
-        "bwd ms/step",
-        "peak MB",
-        "test iters",
-        "contraction mean / max",
-        "IFT adjoint conv.",
-        "cos(JFB, IFT)",
-        "train time (s)",
-        "infer ms/img",
-    ]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        spread = r.get("psnr_standard_seed_std")
-        seeds = r.get("seeds") or []
-        spread_s = "–" if spread is None else f"±{spread:.2f} (n={len(seeds)})"
-        peak = r.get("peak_memory_bytes")
-        cells = [
-            r["label"],
-            f"{r['psnr_standard']:.2f} ± {r['psnr_standard_std']:.2f}",
-            f"{r['psnr_paper']:.2f} ± {r['psnr_paper_std']:.2f}",
-            f"{r['ssim_standard']:.3f} ± {r['ssim_standard_std']:.3f}",
-            f"{r['ssim_paper']:.3f} ± {r['ssim_paper_std']:.3f}",
-            spread_s,
-            _fmt(r.get("num_params"), ",.0f"),
-            _fmt(r.get("train_ms_per_step"), ".0f"),
-            _fmt(r.get("backward_ms_per_step"), ".0f"),
-            _fmt(None if peak is None else peak / 2**20, ".1f"),
-            _fmt(r.get("mean_iterations"), ".1f"),
-            "–"
-            if r.get("contraction_mean") is None
-            else f"{r['contraction_mean']:.4f} / {r['contraction_max']:.4f}",
-            "–"
-            if r.get("ift_adjoint_converged") is None
-            else f"{100 * r['ift_adjoint_converged']:.0f}%",
-            _fmt(r.get("cos_jfb_ift"), ".3f"),
-            _fmt(r.get("training_time_s"), ".0f"),
-            _fmt(r.get("infer_ms_per_image"), ".2f"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    intro = [
-        f"# Deblurring comparison: preset `{header['preset']}`",
-        "",
-        f"Command: `{header['command']}`  ",
-        f"Machine: {header['machine']}; jax {header['jax']}; {header['date']}  ",
-        f"Data: {header['data']}; blur {header['blur']}; noise std {header['noise_std']} on "
-        f"[-1, 1]; every method scored on the same {header['n_test']} degraded test images.  ",
-        f"Learned methods: {header['steps']} optimiser steps of batch {header['batch_size']}, "
-        f"seeds {header['seeds']}; DE-GRAD solves with {header['solver']}.",
-        "",
-        "PSNR/SSIM: mean ± std over the test images (averaged over seeds); seed spread = "
-        "std over seeds of the mean PSNR (standard). 'standard': images on [0, 1]; 'paper': "
-        "-10 log10 MSE on [-1, 1] (arXiv 2402.02065), 6.02 dB lower. train ms/step: "
-        "median of a compiled train step on one training batch (trained parameters); "
-        "bwd ms/step: that minus the forward solve on the same batch; peak MB: XLA's "
-        "memory analysis of the compiled train step; train time: seconds spent in "
-        "training steps (compilation included); infer ms/img: compiled forward on an "
-        "evaluation batch, per image. contraction: ‖dT/dx‖₂ at the test fixed points "
-        "(20 power-iteration steps; mean over images, averaged over seeds / max over "
-        "images, averaged over seeds). IFT adjoint conv.: share of the training steps' "
-        "adjoint solves that reached backward.tol (IFT rows). cos(JFB, IFT): cosine of "
-        "the trained model's JFB and IFT weight gradients on 8 test images, the IFT "
-        "adjoint by GMRES to 1e-6.",
-        "",
-    ]
-    return "\n".join(intro + lines) + "\n"
-
-
-def _plot_psnr_vs_time(curves: dict[str, list], baselines: dict[str, float], path: str) -> None:
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.subplots()
-    for label, curve in curves.items():
-        if curve:
-            t, p = zip(*curve, strict=True)
-            ax.plot(t, p, marker="o", ms=3, label=label)
-    for i, (label, value) in enumerate(baselines.items()):
-        ax.axhline(value, ls="--", lw=1, color=f"C{(i + len(curves)) % 10}", label=label)
-    ax.set_xlabel("training time (s, this machine)")
-    ax.set_ylabel("test PSNR (dB, standard)")
-    ax.set_title("test PSNR against training time (seed 0)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
-
-
 def _say(message: str) -> None:
     print(message, flush=True)
 
@@ -461,7 +379,7 @@ def run_comparison(
     settings: ml_collections.ConfigDict,
     out: str,
     *,
-    methods: list[str] | None = None,
+    wanted: list[str] | None = None,
     progress: bool = True,
     command: str = "",
     skip_missing: bool = False,
@@ -472,7 +390,8 @@ def run_comparison(
       base: the preset's training config (with overrides applied).
       settings: :func:`compare_settings` (with overrides applied).
       out: output folder (``runs/`` inside holds the training runs).
-      methods: restrict to these method keys (default: all).
+      wanted: restrict to these method keys or groups (:func:`methods`;
+        default: all).
       progress: progress bars while training.
       command: the command line, recorded in the table.
       skip_missing: train nothing; tabulate the runs that are complete (rows
@@ -493,18 +412,20 @@ def run_comparison(
     x_timing = data.train_batch(0, int(base.batch_size), base_seed)
     repeats = int(settings.timing_repeats)
     eval_bs = int(base.eval_batch_size)
-    wanted = set(methods) if methods else None
+    registry = methods(settings)
+    shown, _ = select(registry, set(wanted) if wanted else None)
+    by_key = {m.key: m for m in registry}
+    shown_keys = {m.key for m in shown}
 
     def want(method: str) -> bool:
-        key = "neumann" if method.startswith("neumann") else method
-        return wanted is None or method in wanted or key in wanted
+        return method in shown_keys
 
     rows: dict[str, dict] = {}
     outputs: dict[str, np.ndarray] = {}  # seed-`base_seed` restorations of the test images
 
     def add_row(method: str, per_seed: list[dict], extra: dict | None = None):
-        row = _aggregate(per_seed)
-        row.update(method=method, label=_label(method, settings), **(extra or {}))
+        row = aggregate(per_seed)
+        row.update(method=method, label=by_key[method].label, **(extra or {}))
         conv = row.get("ift_adjoint_converged")
         if conv is not None and conv < TRUNCATED_ADJOINT:
             row["label"] += f" (truncated adjoint: {100 * conv:.0f}% of solves converged)"
@@ -557,10 +478,10 @@ def run_comparison(
             _say(f"warning: {method}'s best weight {weight:g} is at the edge of its grid")
         add_row(method, [{"seed": base_seed, **score(x_test, x_hat)}], extra)
         outputs[method] = x_hat
-        _say(f"{_label(method, settings)}: weight {weight:.3g}, {_line(rows[method])}")
+        _say(f"{by_key[method].label}: weight {weight:.3g}, {_line(rows[method])}")
 
     # ---- learned methods ------------------------------------------------------
-    runs = [r for r in learned_runs(base, settings) if want(r.method) or _needed(r, wanted)]
+    runs = learned_runs(base, settings, set(wanted) if wanted else None)
     per_method: dict[str, list[dict]] = {}
     curves: dict[str, list] = {}
     denoisers: dict[int, list[tuple[float, str]]] = {}
@@ -571,7 +492,7 @@ def run_comparison(
             _say(f"skipping {run.method} (seed {run.seed}): not trained yet")
             continue
         results = _train(run, workdir, out, progress)
-        if run.method.startswith("denoiser"):
+        if by_key[run.method].kind == "denoiser":
             sigma = float(run.config.noise_std)
             denoisers.setdefault(run.seed, []).append((sigma, workdir))
             continue
@@ -596,8 +517,8 @@ def run_comparison(
         per_method.setdefault(run.method, []).append(record)
         if run.seed == base_seed:
             outputs[run.method] = x_hat
-            curves[_label(run.method, settings)] = curve
-        _say(f"{_label(run.method, settings)} (seed {run.seed}): {_line(record)}")
+            curves[by_key[run.method].label] = curve
+        _say(f"{by_key[run.method].label} (seed {run.seed}): {_line(record)}")
 
     # ---- plug-and-play with the trained denoisers ----------------------------
     if want("pnp") and denoisers:
@@ -614,8 +535,7 @@ def run_comparison(
             _say(f"PnP (seed {seed}): {_line(record)}")
         per_method["pnp"] = per_seed
 
-    order = [m for m in _ORDER if m in per_method or m in rows]
-    order += sorted(m for m in per_method if m not in order)
+    order = [m.key for m in shown if m.key in per_method or m.key in rows]
     for method in order:
         if method in per_method:
             add_row(method, per_method[method])
@@ -642,8 +562,8 @@ def run_comparison(
     with open(os.path.join(out, "table.json"), "w") as f:
         json.dump(jsonable(table), f, indent=2)
     with open(os.path.join(out, "table.md"), "w") as f:
-        f.write(_table_md(ordered, header))
-    _plot_psnr_vs_time(
+        f.write(table_markdown(ordered, header))
+    plot_psnr_vs_time(
         curves,
         {
             rows[m]["label"]: rows[m]["psnr_standard"]
@@ -654,7 +574,7 @@ def run_comparison(
     )
     i = 0  # one test image, restored by every method
     columns = {"clean": x_test[i : i + 1]}
-    columns.update({_short(m): outputs[m][i : i + 1] for m in order if m in outputs})
+    columns.update({by_key[m].short: outputs[m][i : i + 1] for m in order if m in outputs})
     per_image = {
         name: np.asarray(psnr(jnp.asarray(v), jnp.asarray(x_test[i : i + 1])))
         for name, v in columns.items()
@@ -663,57 +583,6 @@ def run_comparison(
     plot_restorations(columns, os.path.join(out, "restorations.png"), per_image)
     _say(f"wrote {os.path.join(out, 'table.md')}, table.json, restorations.png, psnr_vs_time.png")
     return table
-
-
-_ORDER = (
-    "blurred",
-    "adjoint",
-    "wiener",
-    "tikhonov",
-    "tv",
-    "pnp",
-    "feedforward",
-    "unrolled",
-    "ift",
-    "neumann2",
-    "neumann3",
-    "neumann5",
-    "neumann10",
-    "jfb",
-    "jfb_pretrained",
-)
-
-
-_SHORT = {
-    "blurred": "blurred d",
-    "adjoint": "A^T d",
-    "wiener": "Wiener",
-    "tikhonov": "Tikhonov",
-    "tv": "TV",
-    "pnp": "PnP",
-    "feedforward": "feed-forward",
-    "unrolled": "unrolled",
-    "ift": "IFT",
-    "jfb": "JFB",
-    "jfb_pretrained": "JFB (pretr.)",
-}
-
-
-def _short(method: str) -> str:
-    """Column title of ``method`` in the restorations figure."""
-    if method.startswith("neumann"):
-        return f"Neumann({method[len('neumann') :]})"
-    return _SHORT.get(method, method)
-
-
-def _needed(run: LearnedRun, wanted: set[str] | None) -> bool:
-    """Runs that a wanted method depends on (denoisers for PnP, the feed-forward
-    run for the pretrained JFB run)."""
-    if wanted is None:
-        return True
-    if run.method.startswith("denoiser"):
-        return "pnp" in wanted
-    return run.method == "feedforward" and "jfb_pretrained" in wanted
 
 
 def _line(m: dict) -> str:
@@ -848,16 +717,24 @@ def main(argv=None) -> dict:
     out = args.out or os.path.join("results", args.preset)
     if args.fresh and os.path.isdir(os.path.join(out, "runs")):
         shutil.rmtree(os.path.join(out, "runs"))
+    if args.methods:
+        try:
+            select(methods(settings), set(args.methods))
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
     command = "python -m experiments.compare " + " ".join(argv)
-    return run_comparison(
-        base,
-        settings,
-        out,
-        methods=args.methods,
-        progress=not args.no_progress,
-        command=command.strip(),
-        skip_missing=args.skip_missing,
-    )
+    try:
+        return run_comparison(
+            base,
+            settings,
+            out,
+            wanted=args.methods,
+            progress=not args.no_progress,
+            command=command.strip(),
+            skip_missing=args.skip_missing,
+        )
+    except RunMismatchError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

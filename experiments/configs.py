@@ -76,7 +76,7 @@ import ast
 import ml_collections
 from ml_collections import config_dict
 
-__all__ = ["PRESETS", "apply_overrides", "get_config"]
+__all__ = ["PRESETS", "apply_overrides", "compare_settings", "get_config"]
 
 PRESETS = ("smoke", "cpu", "paper")
 
@@ -310,3 +310,44 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
         except TypeError as e:
             raise ValueError(f"bad value for {key!r}: {e}") from None
     return config
+
+
+def compare_settings(preset: str) -> ml_collections.ConfigDict:
+    """What the comparison adds to a preset's training config.
+
+    ``seeds``: seeds of every learned method. ``unrolled_k``: iterations of
+    the unrolled DE-GRAD (tol 0: exactly K, in training and at test time).
+    ``neumann_k``: the Neumann orders trained. ``denoiser_noise``: noise
+    levels (on [-1, 1]) of the PnP denoisers. ``pnp_steps``: PnP gradient
+    steps tried on val. ``pnp_max_iter``: iteration cap of the PnP solve
+    (the preset's solver otherwise). ``tv_weights`` / ``tv_iters`` /
+    ``tv_tol``: TV weight grid, iteration cap and relative-change tolerance.
+    ``eval_every``: evaluations during training (PSNR-vs-time curves).
+    ``timing_repeats``: timed calls per measurement (median reported).
+    """
+    s = ml_collections.ConfigDict()
+    s.seeds = (0, 1)
+    s.unrolled_k = 10
+    s.neumann_k = (2, 5)
+    s.denoiser_noise = (0.02, 0.05, 0.1)
+    s.pnp_steps = (0.5, 1.0, 1.5, 1.9)
+    s.pnp_max_iter = 100
+    s.tv_weights = tuple(10.0**e for e in (-4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0))
+    s.tv_iters = 3000
+    s.tv_tol = 1e-5
+    s.eval_every = 50
+    s.timing_repeats = 5
+    if preset == "smoke":
+        s.seeds = (0, 1)
+        s.unrolled_k = 4
+        s.neumann_k = (2,)
+        s.denoiser_noise = (0.05,)
+        s.pnp_steps = (1.0, 1.9)
+        s.pnp_max_iter = 15
+        s.tv_weights = (1e-3, 1e-2)
+        s.tv_iters = 200
+        s.eval_every = 10
+        s.timing_repeats = 2
+    elif preset == "paper":
+        s.eval_every = 2500
+    return s

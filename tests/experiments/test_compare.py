@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments import compare
+from experiments import compare, compare_report
 from experiments.configs import get_config
 
 ALL_METHODS = (
@@ -43,17 +43,40 @@ def test_learned_runs_plan():
         assert [r.init_from for r in mine if r.method == "jfb_pretrained"] == ["feedforward"]
 
 
+def test_registry_selects_methods_and_what_they_need():
+    settings = compare.compare_settings("cpu")
+    registry = compare.methods(settings)
+    keys = [m.key for m in registry]
+    assert len(keys) == len(set(keys)) and len({m.short for m in registry}) == len(keys)
+    shown, run = compare.select(registry, None)
+    assert "denoiser_0.05" not in [m.key for m in shown] and "denoiser_0.05" in keys
+    assert [m.key for m in shown][:5] == ["blurred", "adjoint", "wiener", "tikhonov", "tv"]
+    shown, run = compare.select(registry, {"pnp", "jfb_pretrained"})
+    assert [m.key for m in shown] == ["pnp", "jfb_pretrained"]
+    assert [m.key for m in run] == [
+        "denoiser_0.02", "denoiser_0.05", "denoiser_0.1", "pnp", "feedforward", "jfb_pretrained"
+    ]  # fmt: skip
+    shown, _ = compare.select(registry, {"neumann"})  # a group
+    assert [m.key for m in shown] == ["neumann2", "neumann5"]
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['nope'\]"):
+        compare.select(registry, {"nope"})
+    runs = compare.learned_runs(get_config("cpu"), settings, {"jfb_pretrained"})
+    assert [r.method for r in runs] == ["feedforward", "jfb_pretrained"] * 2  # two seeds
+    with pytest.raises(SystemExit, match="unknown method"):
+        compare.main(["--preset", "smoke", "--methods", "nope"])
+
+
 def test_aggregate_over_seeds():
     rows = [
         {"seed": 0, "psnr_standard": 20.0, "psnr_paper": 14.0, "mean_iterations": 10.0},
         {"seed": 1, "psnr_standard": 21.0, "psnr_paper": 15.0, "mean_iterations": 12.0},
     ]
-    agg = compare._aggregate(rows)
+    agg = compare_report.aggregate(rows)
     assert agg["seeds"] == [0, 1]
     assert agg["psnr_standard"] == pytest.approx(20.5) and agg["mean_iterations"] == 11.0
     assert agg["psnr_standard_seed_std"] == pytest.approx(np.std([20.0, 21.0], ddof=1))
     assert agg["psnr_paper_seed_range"] == pytest.approx(1.0)
-    single = compare._aggregate(rows[:1])
+    single = compare_report.aggregate(rows[:1])
     assert single["psnr_standard_seed_std"] is None
 
 
