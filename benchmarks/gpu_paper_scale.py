@@ -44,8 +44,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 import jfbjax
-from benchmarks.backward_cost import Bench, backward_mode, build, fixed_solver
 from benchmarks.common import run_meta, write_result
+from benchmarks.harness import Bench, backward_mode, build, fixed_solver
 from experiments.configs import get_config
 from jfbjax.models import freeze_spectral_norm, solver_from_config
 from jfbjax.training.profiling import time_call

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import time
 from pathlib import Path
 
@@ -65,22 +64,17 @@ import optax
 from flax import nnx
 
 import jfbjax
-from benchmarks.backward_cost import Bench, images
 from benchmarks.common import run_meta, write_result
+from benchmarks.harness import Bench, images
 from experiments.configs import get_config
 from jfbjax.imaging.noise import degrade
 from jfbjax.models import freeze_spectral_norm
+from jfbjax.training.profiling import time_call
 
 
 def _median_ms(fn, repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    """Median milliseconds of ``fn()`` (:func:`jfbjax.training.profiling.time_call`)."""
+    return 1e3 * time_call(fn, repeats=repeat, warmup=warmup)["median_s"]
 
 
 class Problem:

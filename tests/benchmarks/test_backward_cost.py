@@ -9,7 +9,7 @@ import json
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import backward_cost, common
+from benchmarks import backward_cost, common, harness
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +129,9 @@ def test_markdown_table_and_command_line():
 def test_fixed_solver_runs_exactly_its_iterations():
     from experiments.configs import get_config
 
-    s = backward_cost.fixed_solver(get_config("cpu"), 7)
+    s = harness.fixed_solver(get_config("cpu"), 7)
     assert (s.tol, s.max_iter, s.m) == (0.0, 7, 5)
     with pytest.raises(ValueError, match="unknown mode"):
-        backward_cost.backward_mode("nope", get_config("cpu"))
-    x = backward_cost.images(2, 10)
+        harness.backward_mode("nope", get_config("cpu"))
+    x = harness.images(2, 10)
     assert x.shape == (2, 10, 10, 3) and float(jnp.max(jnp.abs(x))) <= 1.0
