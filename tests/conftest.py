@@ -1,7 +1,24 @@
 """Shared pytest fixtures and options."""
 
+import os
+import pathlib
+
 import jax
 import pytest
+
+# Most of the suite's time is XLA compilation, and many tests compile the same
+# programs (the smoke model's train and eval steps, the classical baselines).
+# JAX's persistent compilation cache lets every test process, and the
+# subprocesses they start (CLI, notebook kernel, multi-host), reuse them.
+# The cache lives in .pytest_cache (ignored by git); a fresh clone starts empty.
+_CACHE = pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax_compilation_cache"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
 
 
 def pytest_addoption(parser):
