@@ -8,7 +8,7 @@ Deblurring pieces live in sub-packages imported explicitly: ``jfbjax.imaging``,
 ``jfbjax.models``, ``jfbjax.data``, ``jfbjax.training``.
 """
 
-from jfbjax.backward import IFT, JFB, Neumann, Unrolled, as_backward
+from jfbjax.backward import IFT, JFB, Neumann, Phantom, Unrolled, as_backward
 from jfbjax.diagnostics import contraction_estimate, gradient_alignment, residual_trace
 from jfbjax.fixed_point import FixedPointError, fixed_point
 from jfbjax.solvers import (
@@ -34,6 +34,7 @@ __all__ = [
     "Anderson",
     "FixedPointError",
     "Neumann",
+    "Phantom",
     "Picard",
     "SolverInfo",
     "Status",

@@ -16,6 +16,9 @@ product ``u -> (df/dz)^T u`` at ``z*``:
   ``(I - df/dz)^{-T}`` replaced by the identity). One VJP of ``f``.
 * :class:`Neumann`: ``u = sum_{i <= k} ((df/dz)^T)^i v``; ``k=0`` is JFB and
   ``k -> inf`` is IFT when ``f`` is a contraction.
+* :class:`Phantom`: the phantom gradient (Geng et al., 2021) of ``k`` damped
+  steps ``x <- (1 - lam) x + lam f(x)`` from ``z*``, with ``f`` linearised at
+  ``z*``; ``Phantom(1, 1.0)`` is JFB and ``k -> inf`` is IFT.
 * :class:`IFT`: solve the adjoint fixed point exactly (Picard, Anderson) or the
   linear system ``(I - (df/dz)^T) u = v`` with GMRES.
 * :class:`Unrolled`: no adjoint at all; backpropagation through the solver's
@@ -28,6 +31,7 @@ All modes are frozen, hashable configuration objects. The functions here see
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -121,6 +125,92 @@ class Neumann:
         _, u = jax.lax.fori_loop(0, self.k, body, (v, v))
         residual = _adjoint_residual(vjp_z, v, u) if stats else jnp.nan
         return u, _info(self.k, residual, Status.MAX_ITER)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phantom:
+    r"""Phantom gradient (Geng et al., NeurIPS 2021): ``k`` damped unrolled steps from ``z*``.
+
+    The phantom gradient backpropagates through ``k`` damped Picard steps
+    started at the fixed point, ``x_0 = z*`` (no gradient through ``x_0``),
+
+    .. math:: x_{i+1} = (1 - \lambda) x_i + \lambda f(x_i, \theta), \qquad i < k,
+
+    and uses ``dx_k / dtheta`` in place of ``dz* / dtheta``. With ``f``
+    linearised at ``z*``, ``J = df/dz(z*)`` and ``M = (1 - lam) I + lam J``,
+    each step gives ``dx_{i+1} = M dx_i + lam df/dtheta`` with ``dx_0 = 0``, so
+    ``dx_k = lam sum_{i<k} M^i df/dtheta`` and the adjoint is
+
+    .. math:: u = \lambda \sum_{i=0}^{k-1} (M^T)^i v, \qquad
+              M^T w = (1 - \lambda) w + \lambda J^T w,
+
+    computed by the recursion ``w_0 = v``, ``w_{i+1} = M^T w_i``,
+    ``u = lam (w_0 + ... + w_{k-1})``: ``k - 1`` VJPs of ``f`` in ``z`` plus the
+    final pullback to the args. ``Phantom(1, 1.0)`` is exactly :class:`JFB`
+    (``u = v``), ``Phantom(k, 1.0)`` equals ``Neumann(k - 1)``, and for a
+    contraction (``||J|| < 1``, so the spectral radius of ``M`` is below 1 for
+    every ``lam`` in (0, 1]) ``u -> lam (I - M^T)^{-1} v = (I - J^T)^{-1} v``,
+    the IFT adjoint, as ``k -> inf``: the error is
+    ``(M^T)^k (I - J^T)^{-1} v``, of norm at most ``(1 - lam (1 - ||J||))^k``
+    times that of the IFT adjoint, so a smaller ``lam`` needs more steps (it
+    helps when ``f`` is not a contraction but ``M`` is).
+
+    The linearisation at ``z*`` is what makes this cheap (one linearisation
+    reused for every step, as in the other modes), and it is also the one
+    approximation: the phantom gradient of torchdeq re-evaluates ``f`` at every
+    unrolled iterate ``x_i``. The two are equal when ``z*`` is an exact fixed
+    point (then every ``x_i`` equals ``z*``); for an inexact ``z*`` they differ
+    by terms of the order of the forward residual times the curvature of ``f``.
+
+    Args:
+      k: number of unrolled steps (>= 1).
+      lam: damping ``lambda`` of the unrolled steps, in (0, 1].
+    """
+
+    k: int = 1
+    lam: float = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
+            raise ValueError(f"Phantom k must be an integer >= 1, got {self.k!r}")
+        if (
+            not isinstance(self.lam, numbers.Real)
+            or isinstance(self.lam, bool)
+            or not 0.0 < self.lam <= 1.0
+        ):
+            raise ValueError(f"Phantom lam must be a number in (0, 1], got {self.lam!r}")
+
+    def adjoint(self, vjp_z: VJP, v: PyTree, stats: bool = False):
+        """Returns ``(u, info)`` with ``u = lam sum_{i=0}^{k-1} (M^T)^i v``,
+        ``M^T w = (1 - lam) w + lam (df/dz)^T w``.
+
+        Args:
+          vjp_z: ``u -> (df/dz)^T u`` at ``z*``.
+          v: the cotangent ``dl/dz*``.
+          stats: also compute the residual of ``u`` in the adjoint equation
+            ``u = v + (df/dz)^T u`` (one extra VJP), else ``info.residual`` is NaN.
+
+        Returns:
+          ``(u, info)`` with ``info.iterations == k - 1`` (the VJPs of ``f`` in
+          ``z``; 0 for ``Phantom(1)``, like :class:`JFB`) and status ``MAX_ITER``.
+        """
+        lam = float(self.lam)
+
+        def step(w):  # M^T w
+            jw = vjp_z(w)
+            if lam == 1.0:
+                return jw
+            return jax.tree.map(lambda a, b: ((1 - lam) * a + lam * b).astype(a.dtype), w, jw)
+
+        def body(_, carry):
+            term, total = carry
+            term = step(term)
+            return term, jax.tree.map(jnp.add, total, term)
+
+        _, total = jax.lax.fori_loop(0, self.k - 1, body, (v, v))
+        u = total if lam == 1.0 else jax.tree.map(lambda x: (lam * x).astype(x.dtype), total)
+        residual = _adjoint_residual(vjp_z, v, u) if stats else jnp.nan
+        return u, _info(self.k - 1, residual, Status.MAX_ITER)
 
 
 _IFT_SOLVERS = ("anderson", "picard", "gmres")
@@ -219,12 +309,13 @@ class Unrolled:
     """
 
 
-Backward = JFB | Neumann | IFT | Unrolled
+Backward = JFB | Neumann | Phantom | IFT | Unrolled
 
 _BACKWARD_NAMES: dict[str, Callable[[], Backward]] = {
     "jfb": JFB,
     "ift": IFT,
     "neumann": Neumann,
+    "phantom": Phantom,
     "unrolled": Unrolled,
 }
 
@@ -232,7 +323,8 @@ _BACKWARD_NAMES: dict[str, Callable[[], Backward]] = {
 def as_backward(backward: str | Backward) -> Backward:
     """Accept a backward object or a shorthand: ``"jfb"`` (= ``JFB()``),
     ``"ift"`` (= ``IFT()``: Anderson adjoint, tol 1e-5, 100 iterations),
-    ``"neumann"`` (= ``Neumann(5)``), ``"unrolled"`` (= ``Unrolled()``).
+    ``"neumann"`` (= ``Neumann(5)``), ``"phantom"`` (= ``Phantom(1, 1.0)``, the
+    same gradient as JFB), ``"unrolled"`` (= ``Unrolled()``).
 
     Returns:
       ``backward`` itself if it is a backward object, else the default
@@ -241,11 +333,11 @@ def as_backward(backward: str | Backward) -> Backward:
     Raises:
       ValueError: anything else.
     """
-    if isinstance(backward, JFB | Neumann | IFT | Unrolled):
+    if isinstance(backward, JFB | Neumann | Phantom | IFT | Unrolled):
         return backward
     if isinstance(backward, str) and backward.lower() in _BACKWARD_NAMES:
         return _BACKWARD_NAMES[backward.lower()]()
     raise ValueError(
-        f"backward must be jfbjax.JFB(), IFT(...), Neumann(k), Unrolled() or one of "
-        f"{sorted(_BACKWARD_NAMES)}, got {backward!r}"
+        "backward must be jfbjax.JFB(), IFT(...), Neumann(k), Phantom(k, lam), Unrolled() "
+        f"or one of {sorted(_BACKWARD_NAMES)}, got {backward!r}"
     )

@@ -107,7 +107,9 @@ def residual_trace(
       solver: a :class:`~jfbjax.Picard` or :class:`~jfbjax.Anderson`, or its name.
 
     Returns:
-      ``(z, residuals)``: the final iterate and a ``(max_iter,)`` array.
+      ``(z, residuals)``: the final iterate (for a solver with
+      ``best_iterate=True`` that did not converge, the lowest-residual one) and
+      a ``(max_iter,)`` array of the residuals of the iterates.
     """
     solver = as_solver(solver)
     z, _, residuals = iterate(

@@ -33,7 +33,8 @@ def fixed_point(
     backward: str | Backward = "jfb",
     throw: bool = False,
     backward_callback: Callable[[SolverInfo], None] | None = None,
-) -> tuple[PyTree, SolverInfo]:
+    has_aux: bool = False,
+) -> tuple[PyTree, SolverInfo] | tuple[PyTree, PyTree, SolverInfo]:
     r"""Solve ``z* = f(z*, *args)`` and differentiate through it.
 
     The forward pass runs ``solver`` from ``z0`` in a ``lax.while_loop``; the
@@ -42,6 +43,8 @@ def fixed_point(
 
     * ``JFB()``: ``u = v`` (one VJP of ``f``, no linear solve);
     * ``Neumann(k)``: ``u = sum_{i<=k} ((df/dz)^T)^i v``;
+    * ``Phantom(k, lam)``: ``u = lam sum_{i<k} (((1 - lam) I + lam df/dz)^T)^i v``,
+      the phantom gradient of ``k`` damped steps from ``z*``;
     * ``IFT(...)``: ``u`` solves ``u = v + (df/dz)^T u`` (the exact implicit
       gradient ``v^T (I - df/dz)^{-1} df/dargs``);
     * ``Unrolled()``: reverse-mode through the iterations themselves.
@@ -57,6 +60,13 @@ def fixed_point(
     Anderson history, residual, iteration count and status, and a sample that
     converged stops changing while the others go on.
 
+    With ``has_aux=True``, ``f(z, *args)`` returns ``(z_next, aux)``: only
+    ``z_next`` is iterated, and ``aux`` is evaluated once more at the returned
+    ``z*`` (one extra evaluation of ``f``; inside the solver loop the unused
+    ``aux`` is dead code). Its gradient is that of ``aux(z*(theta), theta)``:
+    ``daux/dargs`` directly, plus ``daux/dz*`` carried back through ``z*`` by
+    the chosen backward mode (for JFB: ``u = (daux/dz*)^T abar + v``).
+
     Args:
       f: ``f(z, *args)`` returning a pytree with the structure, shapes and
         dtypes of ``z``. Iterates may be bfloat16, float32 or float64; norms
@@ -66,8 +76,9 @@ def fixed_point(
       solver: :class:`~jfbjax.Picard`, :class:`~jfbjax.Anderson`, or
         ``"anderson"`` / ``"picard"`` for their defaults.
       backward: :class:`~jfbjax.JFB`, :class:`~jfbjax.IFT`,
-        :class:`~jfbjax.Neumann`, :class:`~jfbjax.Unrolled`, or ``"jfb"``,
-        ``"ift"``, ``"neumann"``, ``"unrolled"`` for their defaults.
+        :class:`~jfbjax.Neumann`, :class:`~jfbjax.Phantom`,
+        :class:`~jfbjax.Unrolled`, or ``"jfb"``, ``"ift"``, ``"neumann"``,
+        ``"phantom"``, ``"unrolled"`` for their defaults.
       throw: if True, a solve that ends with status ``MAX_ITER`` or
         ``NONFINITE`` raises :class:`FixedPointError` (through a host
         callback, so it also works under ``jit``; the error surfaces when the
@@ -78,15 +89,22 @@ def fixed_point(
         Neumann ``iterations`` is the number of adjoint terms and
         ``residual`` measures how far ``u`` is from the exact IFT adjoint;
         for GMRES ``iterations`` is ``-1`` (not reported by JAX's GMRES).
+      has_aux: if True, ``f`` returns a pair ``(z_next, aux)`` with ``aux``
+        any pytree (see above).
 
     Returns:
-      ``(z_star, info)`` with ``info`` a :class:`SolverInfo` (iterations,
-      relative residual ``||f(z) - z|| / (||f(z)|| + 1e-8)`` of the returned
-      point, status code).
+      ``(z_star, info)``, or ``(z_star, aux, info)`` with ``has_aux=True``
+      (``aux`` the second output of ``f(z_star, *args)``), with ``info`` a
+      :class:`SolverInfo` (iterations, relative residual
+      ``||f(z) - z|| / (||f(z)|| + 1e-8)`` of the returned point, status
+      code). With ``best_iterate=True`` on the solver, an unconverged solve
+      returns its lowest-residual iterate (:func:`~jfbjax.solvers.iterate`).
 
     Raises:
-      TypeError: at trace time, if ``f(z0, *args)`` does not have the
-        structure, shapes and dtypes of ``z0`` or ``z0`` is not floating.
+      TypeError: at trace time, if ``f(z0, *args)`` (its first output with
+        ``has_aux=True``) does not have the structure, shapes and dtypes of
+        ``z0``, if ``z0`` is not floating, or if ``has_aux=True`` and ``f``
+        does not return a pair.
       ValueError: for unknown solver or backward names.
     """
     solver = as_solver(solver)
@@ -94,17 +112,37 @@ def fixed_point(
     _check_start(z0)
     z0 = jax.lax.stop_gradient(z0)
 
+    main = (lambda out: out[0]) if has_aux else (lambda out: out)
+
     if isinstance(backward, Unrolled):
-        _check_output(z0, jax.eval_shape(f, z0, *args))
-        z, info = iterate(solver, lambda z: f(z, *args), z0, differentiable=True)
+        _check_output(z0, _main_output(jax.eval_shape(f, z0, *args), has_aux))
+        z, info = iterate(solver, lambda z: main(f(z, *args)), z0, differentiable=True)
+        aux = f(z, *args)[1] if has_aux else None
     else:
         f_flat, hoisted, out_shape = _closure_convert(f, z0, args)
-        _check_output(z0, out_shape)  # from the same trace: f is not traced twice
-        z, info = _solve(f_flat, solver, backward, backward_callback, z0, args, hoisted)
+        # from the same trace: f is not traced twice
+        _check_output(z0, _main_output(out_shape, has_aux))
+        f_main = lambda z, a, h: main(f_flat(z, a, h))
+        z, info = _solve(f_main, solver, backward, backward_callback, z0, args, hoisted)
+        aux = f_flat(z, args, hoisted)[1] if has_aux else None
     info = jax.tree.map(jax.lax.stop_gradient, info)
     if throw:
         jax.debug.callback(_raise_on_failure, info.status, info.iterations, info.residual)
+    if has_aux:
+        return z, aux, info
     return z, info
+
+
+def _main_output(out: PyTree, has_aux: bool) -> PyTree:
+    """The iterated part of ``f``'s output: all of it, or the first of a pair."""
+    if not has_aux:
+        return out
+    if not isinstance(out, tuple | list) or len(out) != 2:
+        raise TypeError(
+            "fixed_point: with has_aux=True, f(z, *args) must return a pair (z_next, aux), "
+            f"got {_describe(out)}"
+        )
+    return out[0]
 
 
 def _raise_on_failure(status, iterations, residual) -> None:

@@ -123,6 +123,11 @@ def _check_common(tol: float, max_iter: int) -> None:
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
 
 
+def _check_flag(name: str, value: bool) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Picard:
     r"""Damped Picard (Krasnosel'skii-Mann) iteration.
@@ -137,14 +142,19 @@ class Picard:
         is ``<= tol``. ``tol=0`` runs exactly ``max_iter`` iterations.
       max_iter: maximum number of updates (>= 1).
       damping: ``lambda`` in (0, 1]; 1 is the plain iteration ``z <- f(z)``.
+      best_iterate: if True, a solve that ends without converging returns the
+        iterate with the lowest relative residual it evaluated instead of the
+        last one (see :func:`iterate`).
     """
 
     tol: float = 1e-4
     max_iter: int = 50
     damping: float = 1.0
+    best_iterate: bool = False
 
     def __post_init__(self):
         _check_common(self.tol, self.max_iter)
+        _check_flag("best_iterate", self.best_iterate)
         if not 0.0 < self.damping <= 1.0:
             raise ValueError(f"damping must be in (0, 1], got {self.damping!r}")
 
@@ -212,6 +222,9 @@ class Anderson:
       tol: stop when the relative residual is ``<= tol``; ``tol=0`` runs
         exactly ``max_iter`` iterations.
       max_iter: maximum number of updates (>= 1).
+      best_iterate: if True, a solve that ends without converging returns the
+        iterate with the lowest relative residual it evaluated instead of the
+        last one (see :func:`iterate`).
     """
 
     m: int = 5
@@ -219,9 +232,11 @@ class Anderson:
     ridge: float = 1e-4
     tol: float = 1e-4
     max_iter: int = 50
+    best_iterate: bool = False
 
     def __post_init__(self):
         _check_common(self.tol, self.max_iter)
+        _check_flag("best_iterate", self.best_iterate)
         if not isinstance(self.m, int) or isinstance(self.m, bool) or self.m < 1:
             raise ValueError(f"m must be an integer >= 1, got {self.m!r}")
         if not 0.0 < self.beta <= 1.0:
@@ -311,7 +326,8 @@ _SOLVER_NAMES = {"anderson": Anderson, "picard": Picard}
 def as_solver(solver: str | Solver) -> Solver:
     """Accept a solver object, or the shorthands ``"anderson"`` (=
     ``Anderson()``: m=5, beta=1, ridge=1e-4, tol=1e-4, max_iter=50) and
-    ``"picard"`` (= ``Picard()``: tol=1e-4, max_iter=50, damping=1).
+    ``"picard"`` (= ``Picard()``: tol=1e-4, max_iter=50, damping=1); neither
+    keeps the best iterate.
 
     Returns:
       ``solver`` itself if it is a :class:`Picard` or :class:`Anderson`, else
@@ -334,12 +350,20 @@ def as_solver(solver: str | Solver) -> Solver:
 # The driver.
 
 
+class _Best(NamedTuple):
+    """The iterate with the lowest finite relative residual evaluated so far."""
+
+    z: PyTree
+    residual: jax.Array
+
+
 class _Carry(NamedTuple):
     k: jax.Array
     z: PyTree
     fz: PyTree
     residual: jax.Array
     solver_state: Any
+    best: _Best | None  # None unless the solver keeps its best iterate
 
 
 def _finished(carry: _Carry, tol: float, max_iter: int) -> jax.Array:
@@ -358,6 +382,15 @@ def _status(carry: _Carry, tol: float) -> jax.Array:
     ).astype(jnp.int32)
 
 
+def _keep_better(best: _Best, z: PyTree, residual: jax.Array) -> _Best:
+    """``(z, residual)`` if its residual is strictly lower (NaN never is), else ``best``."""
+    better = residual < best.residual
+    return _Best(
+        jax.tree.map(lambda new, old: jnp.where(better, new, old), z, best.z),
+        jnp.where(better, residual, best.residual),
+    )
+
+
 def iterate(
     solver: Solver,
     fn: Callable[[PyTree], PyTree],
@@ -367,6 +400,18 @@ def iterate(
     trace: bool = False,
 ) -> tuple[PyTree, SolverInfo] | tuple[PyTree, SolverInfo, jax.Array]:
     """Run ``solver`` on ``z = fn(z)`` from ``z0``.
+
+    With ``solver.best_iterate`` the driver also carries the iterate with the
+    lowest finite relative residual among all it evaluated (``z0`` included;
+    ties keep the earlier one). If the solve then ends without converging
+    (status ``MAX_ITER``, which includes every ``tol=0`` solve, or
+    ``NONFINITE``) it returns that iterate and ``info.residual`` is its
+    residual; ``info.iterations`` and ``info.status`` still describe the solve
+    (updates performed, why it stopped). A converged solve returns its last
+    iterate as without the option, and so does a solve in which no residual
+    was finite. The choice is made per sample under ``vmap``. It costs one
+    more copy of ``z`` in the loop state and a select per iteration; with
+    ``differentiable=True`` gradients flow through the selected iterate.
 
     Args:
       solver: a :class:`Picard` or :class:`Anderson` configuration.
@@ -380,7 +425,8 @@ def iterate(
         iterations actually taken (memory grows with ``max_iter``).
       trace: with ``differentiable=True`` only, also return the relative
         residual after every step, shape ``(max_iter,)`` (frozen entries
-        repeat the final value).
+        repeat the final value). These are the residuals of the iterates, not
+        of the best one.
 
     Returns:
       ``(z, info)`` or ``(z, info, residuals)`` with ``trace=True``.
@@ -388,16 +434,18 @@ def iterate(
     solver = as_solver(solver)
     tol, max_iter = solver.tol, solver.max_iter
     fz0 = fn(z0)
-    init = _Carry(
-        jnp.zeros((), jnp.int32), z0, fz0, relative_residual(z0, fz0), solver.init(z0, fz0)
-    )
+    r0 = relative_residual(z0, fz0)
+    best = None
+    if solver.best_iterate:
+        best = _Best(z0, jnp.where(jnp.isfinite(r0), r0, jnp.inf))
+    init = _Carry(jnp.zeros((), jnp.int32), z0, fz0, r0, solver.init(z0, fz0), best)
 
     def step(c: _Carry) -> _Carry:
         z = solver.propose(c.solver_state, c.z, c.fz)
         fz = fn(z)
-        return _Carry(
-            c.k + 1, z, fz, relative_residual(z, fz), solver.record(c.solver_state, z, fz)
-        )
+        r = relative_residual(z, fz)
+        best = None if c.best is None else _keep_better(c.best, z, r)
+        return _Carry(c.k + 1, z, fz, r, solver.record(c.solver_state, z, fz), best)
 
     if not differentiable:
         if trace:
@@ -414,11 +462,17 @@ def iterate(
 
         final, residuals = jax.lax.scan(scan_step, init, None, length=max_iter)
 
+    status = _status(final, tol)
+    z, residual = final.z, final.residual
+    if final.best is not None:
+        use_best = (status != int(CONVERGED)) & jnp.isfinite(final.best.residual)
+        z = jax.tree.map(lambda b, last: jnp.where(use_best, b, last), final.best.z, z)
+        residual = jnp.where(use_best, final.best.residual, residual)
     info = SolverInfo(
         iterations=final.k,
-        residual=jax.lax.stop_gradient(final.residual),
-        status=_status(final, tol),
+        residual=jax.lax.stop_gradient(residual),
+        status=status,
     )
     if trace:
-        return final.z, info, jax.lax.stop_gradient(residuals)
-    return final.z, info
+        return z, info, jax.lax.stop_gradient(residuals)
+    return z, info
