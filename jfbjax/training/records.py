@@ -30,6 +30,7 @@ __all__ = [
     "jsonable",
     "read_tensorboard",
     "run_keys",
+    "write_json",
 ]
 
 
@@ -50,6 +51,16 @@ def jsonable(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def write_json(path: str, obj, indent: int = 2) -> None:
+    """Writes ``obj`` as JSON to ``path`` atomically: to a temporary file in the same
+    folder, then renamed over ``path``. A reader (another process of a multi-host
+    run, a resumed run) sees the old file or the new one, never a partial one."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=indent)
+    os.replace(tmp, path)
 
 
 def config_json(config: ml_collections.ConfigDict) -> dict:

@@ -7,15 +7,13 @@ PSNR conventions: ``standard`` uses the data range of the [-1, 1] images
 
 from __future__ import annotations
 
-import json
-
 import jax.numpy as jnp
 import numpy as np
 
 from jfbjax.imaging.metrics import psnr
 from jfbjax.training.classical import LABELS
 from jfbjax.training.figures import plot_restorations, plot_training_curves
-from jfbjax.training.records import jsonable
+from jfbjax.training.records import jsonable, write_json
 from jfbjax.training.rundir import RunDir
 
 __all__ = ["PSNR_CONVENTIONS", "format_metrics", "model_label", "write_figures", "write_results"]
@@ -94,6 +92,5 @@ def write_results(run_dir: RunDir, results: dict) -> dict:
         },
     }
     results = jsonable(results)
-    with open(run_dir.results, "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(run_dir.results, results)
     return results

@@ -8,7 +8,7 @@ import os
 
 import jax
 
-from jfbjax.training.records import config_diff, config_json
+from jfbjax.training.records import config_diff, config_json, write_json
 
 __all__ = ["ResultsExistError", "RunDir", "open_run_dir"]
 
@@ -99,6 +99,5 @@ def open_run_dir(workdir, config, resume: bool, say=print) -> tuple[RunDir, dict
                 "will not match an uninterrupted run: " + "; ".join(changed)
             )
     if jax.process_index() == 0:
-        with open(run_dir.config, "w") as f:
-            json.dump(record, f, indent=2)
+        write_json(run_dir.config, record)
     return run_dir, record
