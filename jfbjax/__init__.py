@@ -8,14 +8,27 @@ Deblurring pieces live in sub-packages imported explicitly: ``jfbjax.imaging``,
 ``jfbjax.models``, ``jfbjax.data``, ``jfbjax.training``.
 """
 
-from jfbjax.backward import IFT, JFB, Neumann, Phantom, Unrolled, as_backward
+from jfbjax.backward import (
+    IFT,
+    JFB,
+    PROBE_SIZE,
+    BackwardInfo,
+    Neumann,
+    Phantom,
+    Unrolled,
+    as_backward,
+    backward_info,
+    backward_probe,
+)
 from jfbjax.diagnostics import contraction_estimate, gradient_alignment, residual_trace
 from jfbjax.fixed_point import FixedPointError, fixed_point
 from jfbjax.solvers import (
     CONVERGED,
+    FALLBACK,
     MAX_ITER,
     NONFINITE,
     Anderson,
+    Broyden,
     Picard,
     SolverInfo,
     Status,
@@ -27,11 +40,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CONVERGED",
+    "FALLBACK",
     "IFT",
     "JFB",
     "MAX_ITER",
     "NONFINITE",
+    "PROBE_SIZE",
     "Anderson",
+    "BackwardInfo",
+    "Broyden",
     "FixedPointError",
     "Neumann",
     "Phantom",
@@ -41,6 +58,8 @@ __all__ = [
     "Unrolled",
     "as_backward",
     "as_solver",
+    "backward_info",
+    "backward_probe",
     "contraction_estimate",
     "fixed_point",
     "gradient_alignment",

@@ -19,13 +19,21 @@ product ``u -> (df/dz)^T u`` at ``z*``:
 * :class:`Phantom`: the phantom gradient (Geng et al., 2021) of ``k`` damped
   steps ``x <- (1 - lam) x + lam f(x)`` from ``z*``, with ``f`` linearised at
   ``z*``; ``Phantom(1, 1.0)`` is JFB and ``k -> inf`` is IFT.
-* :class:`IFT`: solve the adjoint fixed point exactly (Picard, Anderson) or the
-  linear system ``(I - (df/dz)^T) u = v`` with GMRES.
+* :class:`IFT`: solve the adjoint fixed point exactly (Picard, Anderson,
+  Broyden) or the linear system ``(I - (df/dz)^T) u = v`` with GMRES; with
+  ``throw=True`` a failed adjoint solve raises, with ``fallback=`` it is
+  replaced by another mode's adjoint.
 * :class:`Unrolled`: no adjoint at all; backpropagation through the solver's
   iterations (a reference, with memory growing with the iteration count).
 
 All modes are frozen, hashable configuration objects. The functions here see
 ``f`` only through a VJP closure that was linearised once at ``z*``.
+
+How the backward went is reported without a host callback through a
+*probe*: a zero array passed to :func:`~jfbjax.fixed_point` (``probe=``) and
+differentiated like a parameter. Its "gradient" is not a derivative: the
+backward pass writes the adjoint solve's iterations, residual and status
+into it (:func:`backward_probe`, :func:`backward_info`, :class:`BackwardInfo`).
 """
 
 from __future__ import annotations
@@ -33,13 +41,13 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jfbjax import solvers as _solvers
-from jfbjax.solvers import Anderson, Picard, SolverInfo, Status
+from jfbjax.solvers import Anderson, Broyden, Picard, SolverInfo, Status
 
 PyTree = Any
 VJP = Callable[[PyTree], PyTree]
@@ -213,65 +221,127 @@ class Phantom:
         return u, _info(self.k - 1, residual, Status.MAX_ITER)
 
 
-_IFT_SOLVERS = ("anderson", "picard", "gmres")
+_IFT_SOLVERS = ("anderson", "picard", "broyden", "gmres")
 
 
 @dataclasses.dataclass(frozen=True)
 class IFT:
     r"""Implicit-function-theorem gradient: solve ``u = v + (df/dz)^T u``.
 
+    The adjoint solve can fail (``max_iter`` too small for a map that
+    contracts slowly, or a map that does not contract at all), and its
+    truncated ``u`` then gives a gradient that is silently wrong. Three ways
+    to see or handle that, per sample under ``vmap``:
+
+    * report: the adjoint's :class:`~jfbjax.SolverInfo` reaches the caller
+      through ``fixed_point(..., probe=...)`` (no host callback, see
+      :func:`backward_probe`) or ``backward_callback``;
+    * ``throw=True``: a solve that ends with status ``MAX_ITER`` or
+      ``NONFINITE`` raises :class:`~jfbjax.FixedPointError` naming its
+      residual and iterations (through a host callback, so also under
+      ``jit``, like the forward ``throw``);
+    * ``fallback=mode``: where the solve does not converge, ``u`` is the
+      adjoint of ``mode`` instead (e.g. ``JFB()`` or ``Neumann(5)``, a
+      bounded, well-defined approximation), and the reported status is
+      ``FALLBACK`` (iterations and residual stay those of the failed solve).
+
     Args:
-      solver: ``"anderson"`` (default), ``"picard"``, ``"gmres"``, or a
-        :class:`~jfbjax.Picard` / :class:`~jfbjax.Anderson` instance used as
-        given (its own ``tol`` and ``max_iter`` then apply). Picard and
-        Anderson iterate the adjoint fixed point, which contracts at the same
-        rate as the forward map; GMRES (``jax.scipy.sparse.linalg.gmres``)
-        solves ``(I - (df/dz)^T) u = v`` and also works when ``f`` is not a
+      solver: ``"anderson"`` (default), ``"picard"``, ``"broyden"``,
+        ``"gmres"``, or a :class:`~jfbjax.Picard` / :class:`~jfbjax.Anderson`
+        / :class:`~jfbjax.Broyden` instance used as given (its own ``tol`` and
+        ``max_iter`` then apply). Picard, Anderson and Broyden iterate the
+        adjoint fixed point, which contracts at the same rate as the forward
+        map; GMRES (``jax.scipy.sparse.linalg.gmres``) solves
+        ``(I - (df/dz)^T) u = v`` and also works when ``f`` is not a
         contraction but ``I - df/dz`` is invertible.
       tol: relative tolerance of the adjoint solve (for ``"gmres"``:
-        ``||v - (I - J^T) u|| <= tol ||v||``).
+        ``||v - (I - J^T) u|| <= tol ||v||``; its reported status compares the
+        fixed-point residual of ``u`` with ``tol``).
       max_iter: maximum iterations (for ``"gmres"``: restart cycles).
       restart: GMRES Krylov subspace size per cycle.
+      throw: raise when the adjoint solve does not converge (see above).
+      fallback: ``None`` (default) or the backward mode whose adjoint replaces
+        a failed solve's: :class:`JFB`, :class:`Neumann`, :class:`Phantom` or
+        another :class:`IFT` (e.g. GMRES behind Anderson). Exclusive with
+        ``throw``.
     """
 
-    solver: str | Picard | Anderson = "anderson"
+    solver: str | Picard | Anderson | Broyden = "anderson"
     tol: float = 1e-5
     max_iter: int = 100
     restart: int = 20
+    throw: bool = False
+    fallback: JFB | Neumann | Phantom | IFT | None = None
 
     def __post_init__(self):
         if isinstance(self.solver, str):
             if self.solver.lower() not in _IFT_SOLVERS:
                 raise ValueError(
-                    f"IFT solver must be one of {_IFT_SOLVERS} or a Picard/Anderson "
+                    f"IFT solver must be one of {_IFT_SOLVERS} or a Picard/Anderson/Broyden "
                     f"instance, got {self.solver!r}"
                 )
             _solvers._check_common(self.tol, self.max_iter)
-        elif not isinstance(self.solver, Picard | Anderson):
+        elif not isinstance(self.solver, Picard | Anderson | Broyden):
             raise ValueError(f"IFT solver must be a name or a solver instance, got {self.solver!r}")
         if not isinstance(self.restart, int) or self.restart < 1:
             raise ValueError(f"restart must be an integer >= 1, got {self.restart!r}")
+        _solvers._check_flag("IFT throw", self.throw)
+        if self.fallback is not None and not isinstance(
+            self.fallback, JFB | Neumann | Phantom | IFT
+        ):
+            raise ValueError(
+                "IFT fallback must be None or a backward mode with an adjoint: JFB(), "
+                f"Neumann(k), Phantom(k, lam) or IFT(...), got {self.fallback!r}"
+            )
+        if self.throw and self.fallback is not None:
+            raise ValueError(
+                "IFT: throw=True and fallback are exclusive (a failed adjoint solve either "
+                "raises or falls back)"
+            )
 
-    def _fixed_point_solver(self) -> Picard | Anderson:
-        if isinstance(self.solver, Picard | Anderson):
+    @property
+    def adjoint_tol(self) -> float:
+        """The tolerance the adjoint solve is held to: ``tol``, or the given solver's."""
+        if isinstance(self.solver, str):
+            return self.tol
+        return self.solver.tol
+
+    def _fixed_point_solver(self) -> Picard | Anderson | Broyden:
+        if isinstance(self.solver, Picard | Anderson | Broyden):
             return self.solver
         if self.solver.lower() == "picard":
             return Picard(tol=self.tol, max_iter=self.max_iter)
+        if self.solver.lower() == "broyden":
+            return Broyden(tol=self.tol, max_iter=self.max_iter)
         return Anderson(tol=self.tol, max_iter=self.max_iter)
 
     def adjoint(self, vjp_z: VJP, v: PyTree, stats: bool = False):
         """Solves ``u = v + (df/dz)^T u`` from ``u0 = v`` (the JFB answer).
 
+        With a ``fallback``, a solve that ends with any status but
+        ``CONVERGED`` returns the fallback's adjoint of ``v`` instead (chosen
+        by ``lax.cond``, per sample under ``vmap``) and status ``FALLBACK``.
+
         Args:
           vjp_z: ``u -> (df/dz)^T u`` at ``z*``.
           v: the cotangent ``dl/dz*``.
           stats: for GMRES, also compute the adjoint residual and a status
-            (Picard and Anderson always report theirs).
+            (Picard, Anderson and Broyden always report theirs; GMRES computes
+            them anyway with ``throw`` or a ``fallback``).
 
         Returns:
           ``(u, info)``: ``info`` the adjoint solve's
           :class:`~jfbjax.SolverInfo` (GMRES reports ``iterations = -1``).
         """
+        u, info = self._solve(vjp_z, v, stats or self.throw or self.fallback is not None)
+        if self.fallback is None:
+            return u, info
+        ok = info.status == int(Status.CONVERGED)
+        u = jax.lax.cond(ok, lambda: u, lambda: self.fallback.adjoint(vjp_z, v)[0])
+        status = jnp.where(ok, info.status, int(Status.FALLBACK)).astype(info.status.dtype)
+        return u, info._replace(status=status)
+
+    def _solve(self, vjp_z: VJP, v: PyTree, stats: bool):
         if isinstance(self.solver, str) and self.solver.lower() == "gmres":
             matvec = lambda u: jax.tree.map(jnp.subtract, u, vjp_z(u))
             u, _ = jax.scipy.sparse.linalg.gmres(
@@ -310,6 +380,141 @@ class Unrolled:
 
 
 Backward = JFB | Neumann | Phantom | IFT | Unrolled
+
+
+# --------------------------------------------------------------------------
+# The probe: backward statistics through the gradient, without a host callback.
+
+#: Length of the last axis of a probe: iterations, residual, and one count per status code.
+PROBE_SIZE = 2 + len(Status)
+
+
+class BackwardInfo(NamedTuple):
+    """What the backward passes that wrote into a probe did (see :func:`backward_info`).
+
+    Every field has the probe's batch shape (its shape without the last
+    axis). A probe that one backward pass wrote into (one call of
+    :func:`~jfbjax.fixed_point`, one sample) holds that pass's numbers:
+    ``solves == 1``, ``iterations`` and ``residual`` those of its adjoint
+    solve and exactly one of the four status counts 1. A probe shared by
+    several passes (several samples of a ``vmap`` given one probe, several
+    calls, several gradient evaluations) holds their sums.
+
+    Attributes:
+      solves: number of backward passes that wrote into the probe (0: none
+        ran, e.g. the loss does not depend on ``z*``).
+      iterations: adjoint iterations, summed: IFT's solver updates (-1 per
+        GMRES solve, which does not report them), ``k`` for ``Neumann(k)``,
+        ``k - 1`` for ``Phantom(k)``, 0 for JFB, the forward's updates for
+        ``Unrolled`` (which backpropagates through them).
+      residual: relative residual of the adjoint in ``u = v + (df/dz)^T u``,
+        ``||v + J^T u - u|| / (||v + J^T u|| + 1e-8)``, summed (divide by
+        ``solves`` for the mean). For ``FALLBACK`` it is the failed IFT
+        solve's, for ``Unrolled`` NaN (no adjoint is formed).
+      converged: passes with status ``CONVERGED`` (the IFT adjoint reached its tol).
+      max_iter: passes with status ``MAX_ITER``: an IFT solve that ran out of
+        iterations without a fallback, and by convention every JFB, Neumann,
+        Phantom and Unrolled pass (they run no solve to convergence).
+      nonfinite: passes with status ``NONFINITE`` (an IFT adjoint that held NaN or inf).
+      fallback: passes with status ``FALLBACK`` (the IFT adjoint failed and the
+        gradient used the fallback mode's adjoint).
+    """
+
+    solves: jax.Array
+    iterations: jax.Array
+    residual: jax.Array
+    converged: jax.Array
+    max_iter: jax.Array
+    nonfinite: jax.Array
+    fallback: jax.Array
+
+    @property
+    def status(self) -> jax.Array:
+        """The status of the pass for a one-pass probe; for a shared probe the
+        most severe present, ``NONFINITE`` > ``MAX_ITER`` > ``FALLBACK`` >
+        ``CONVERGED``; -1 where no pass wrote into the probe."""
+        return jnp.select(
+            [self.nonfinite > 0, self.max_iter > 0, self.fallback > 0, self.converged > 0],
+            [int(Status.NONFINITE), int(Status.MAX_ITER), int(Status.FALLBACK), 0],
+            -1,
+        ).astype(jnp.int32)
+
+
+def backward_probe(shape: tuple[int, ...] = (), dtype=jnp.float32) -> jax.Array:
+    """A probe for :func:`~jfbjax.fixed_point`: zeros of shape ``(*shape, PROBE_SIZE)``.
+
+    Pass it as ``fixed_point(..., probe=p)`` and differentiate the loss with
+    respect to it as well (it must be an argument of the function given to
+    ``jax.grad``); :func:`backward_info` turns the gradient into a
+    :class:`BackwardInfo`. The backward pass writes its statistics into that
+    gradient instead of a derivative (the value of the probe is never used,
+    so the loss and the other gradients do not change), which needs no host
+    callback and works under ``jit``, ``vmap``, ``lax.scan`` and on any
+    device. For per-sample statistics make one probe per sample,
+    ``backward_probe((batch,))``, and ``vmap`` over it with the inputs; a
+    probe shared by several samples or calls gets their sums::
+
+        def loss(params, probe):
+            z, info = jfbjax.fixed_point(f, z0, params, x, backward=IFT(), probe=probe)
+            return jnp.sum(z**2)
+
+        grads, probe_grad = jax.grad(loss, argnums=(0, 1))(params, backward_probe())
+        binfo = backward_info(probe_grad)  # binfo.status, binfo.iterations, ...
+
+    Args:
+      shape: batch shape: one probe per entry.
+      dtype: a floating dtype (float32 counts exactly up to 2**24).
+
+    Returns:
+      A zero array of shape ``(*shape, PROBE_SIZE)``.
+    """
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"backward_probe dtype must be floating, got {dtype!r}")
+    return jnp.zeros((*tuple(shape), PROBE_SIZE), dtype)
+
+
+def backward_info(probe_grad: jax.Array) -> BackwardInfo:
+    """Decode the gradient of the loss with respect to a probe (see :func:`backward_probe`).
+
+    Args:
+      probe_grad: an array of shape ``(..., PROBE_SIZE)``, the gradient of a
+        probe passed to :func:`~jfbjax.fixed_point` as ``probe=``.
+
+    Returns:
+      A :class:`BackwardInfo` whose fields have shape ``probe_grad.shape[:-1]``
+      (integer counts, a float32 residual sum).
+
+    Raises:
+      ValueError: the last axis is not of length ``PROBE_SIZE``.
+    """
+    g = jnp.asarray(probe_grad)
+    if g.ndim < 1 or g.shape[-1] != PROBE_SIZE:
+        raise ValueError(
+            f"backward_info expects the gradient of a probe, shape (..., {PROBE_SIZE}), "
+            f"got shape {g.shape}"
+        )
+    count = lambda x: jnp.round(x).astype(jnp.int32)
+    counts = count(g[..., 2:])
+    return BackwardInfo(
+        solves=jnp.sum(counts, axis=-1, dtype=jnp.int32),
+        iterations=count(g[..., 0]),
+        residual=g[..., 1].astype(jnp.float32),
+        converged=counts[..., int(Status.CONVERGED)],
+        max_iter=counts[..., int(Status.MAX_ITER)],
+        nonfinite=counts[..., int(Status.NONFINITE)],
+        fallback=counts[..., int(Status.FALLBACK)],
+    )
+
+
+def _probe_cotangent(info: SolverInfo, probe: jax.Array) -> jax.Array:
+    """The "gradient" a backward pass writes into ``probe``: its ``info``,
+    encoded as ``[iterations, residual, one_hot(status)]`` in the probe's dtype."""
+    hot = jax.nn.one_hot(info.status, len(Status), dtype=jnp.float32)
+    row = jnp.concatenate(
+        [jnp.stack([info.iterations.astype(jnp.float32), info.residual.astype(jnp.float32)]), hot]
+    )
+    return jax.lax.stop_gradient(row).astype(probe.dtype)
+
 
 _BACKWARD_NAMES: dict[str, Callable[[], Backward]] = {
     "jfb": JFB,

@@ -104,7 +104,8 @@ def residual_trace(
       f: the map ``f(z, *args)``.
       z0: the start point (gradients do not flow into it).
       *args: further arguments of ``f``.
-      solver: a :class:`~jfbjax.Picard` or :class:`~jfbjax.Anderson`, or its name.
+      solver: a :class:`~jfbjax.Picard`, :class:`~jfbjax.Anderson` or
+        :class:`~jfbjax.Broyden`, or its name.
 
     Returns:
       ``(z, residuals)``: the final iterate (for a solver with

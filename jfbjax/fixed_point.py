@@ -8,17 +8,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jfbjax.backward import Backward, Unrolled, as_backward
+from jfbjax.backward import IFT, PROBE_SIZE, Backward, Unrolled, _probe_cotangent, as_backward
 from jfbjax.solvers import Solver, SolverInfo, Status, as_solver, iterate
 
 PyTree = Any
 
 
 class FixedPointError(RuntimeError):
-    """Raised by :func:`fixed_point` with ``throw=True`` when a solve does not converge.
+    """Raised by :func:`fixed_point` with ``throw=True`` when a solve does not converge,
+    and by the backward pass of :class:`~jfbjax.IFT` with ``throw=True`` when its
+    adjoint solve does not.
 
-    The message names the status (``MAX_ITER`` or ``NONFINITE``), the first
+    The message says which solve failed (the forward fixed point or the IFT
+    adjoint), names the status (``MAX_ITER`` or ``NONFINITE``), the first
     failed sample of a batch, its iteration count and its relative residual.
     Under ``jit`` it is raised from a host callback, so it reaches the caller
     wrapped in JAX's runtime error (``jax.errors.JaxRuntimeError``).
@@ -34,6 +38,7 @@ def fixed_point(
     throw: bool = False,
     backward_callback: Callable[[SolverInfo], None] | None = None,
     has_aux: bool = False,
+    probe: jax.Array | None = None,
 ) -> tuple[PyTree, SolverInfo] | tuple[PyTree, PyTree, SolverInfo]:
     r"""Solve ``z* = f(z*, *args)`` and differentiate through it.
 
@@ -60,6 +65,20 @@ def fixed_point(
     Anderson history, residual, iteration count and status, and a sample that
     converged stops changing while the others go on.
 
+    Leaves of ``args`` that are not arrays (Python numbers, functions such as
+    an activation, strings, any other object: what an Equinox module or a
+    hand-made pytree may hold beside its arrays) are constants: they reach
+    ``f`` unchanged and get no gradient. Arrays (``jax.Array``, NumPy arrays
+    and scalars) are traced and differentiated.
+
+    The backward pass is never silently wrong if you look: with ``probe=``
+    (see :func:`~jfbjax.backward_probe`) the gradient of the loss with
+    respect to the probe carries the adjoint solve's iterations, residual and
+    status out of the backward pass, under ``jit`` and per sample under
+    ``vmap``, without a host callback; ``IFT(throw=True)`` raises when the
+    adjoint solve fails and ``IFT(fallback=...)`` replaces a failed adjoint by
+    another mode's (status ``FALLBACK``).
+
     With ``has_aux=True``, ``f(z, *args)`` returns ``(z_next, aux)``: only
     ``z_next`` is iterated, and ``aux`` is evaluated once more at the returned
     ``z*`` (one extra evaluation of ``f``; inside the solver loop the unused
@@ -72,9 +91,11 @@ def fixed_point(
         dtypes of ``z``. Iterates may be bfloat16, float32 or float64; norms
         and Anderson's least squares run in at least float32.
       z0: start point (a pytree of floating arrays).
-      *args: pytrees of arrays; gradients flow to every floating leaf.
-      solver: :class:`~jfbjax.Picard`, :class:`~jfbjax.Anderson`, or
-        ``"anderson"`` / ``"picard"`` for their defaults.
+      *args: pytrees; gradients flow to every floating array leaf, leaves that
+        are not arrays are passed through as constants.
+      solver: :class:`~jfbjax.Picard`, :class:`~jfbjax.Anderson`,
+        :class:`~jfbjax.Broyden`, or ``"anderson"`` / ``"picard"`` /
+        ``"broyden"`` for their defaults.
       backward: :class:`~jfbjax.JFB`, :class:`~jfbjax.IFT`,
         :class:`~jfbjax.Neumann`, :class:`~jfbjax.Phantom`,
         :class:`~jfbjax.Unrolled`, or ``"jfb"``, ``"ift"``, ``"neumann"``,
@@ -82,15 +103,26 @@ def fixed_point(
       throw: if True, a solve that ends with status ``MAX_ITER`` or
         ``NONFINITE`` raises :class:`FixedPointError` (through a host
         callback, so it also works under ``jit``; the error surfaces when the
-        result is computed, wrapped in JAX's runtime error).
+        result is computed, wrapped in JAX's runtime error). This covers the
+        forward solve; for the adjoint solve use ``IFT(throw=True)``.
       backward_callback: opt-in statistics of the backward solve: called on
         the host with a :class:`SolverInfo` of the adjoint solve every time
         the gradient is computed (per sample under ``vmap``). For JFB and
         Neumann ``iterations`` is the number of adjoint terms and
         ``residual`` measures how far ``u`` is from the exact IFT adjoint;
-        for GMRES ``iterations`` is ``-1`` (not reported by JAX's GMRES).
+        for GMRES ``iterations`` is ``-1`` (not reported by JAX's GMRES); an
+        IFT that used its fallback reports status ``FALLBACK``. Not called for
+        ``Unrolled``.
       has_aux: if True, ``f`` returns a pair ``(z_next, aux)`` with ``aux``
         any pytree (see above).
+      probe: ``None``, or a floating array of shape ``(PROBE_SIZE,)`` made by
+        :func:`~jfbjax.backward_probe` (its value is not used). The gradient
+        of the loss with respect to it is the backward pass's statistics, not
+        a derivative; decode it with :func:`~jfbjax.backward_info`. For
+        JFB, Neumann and Phantom it also turns on the one extra VJP that
+        measures their adjoint residual. ``vmap`` over a batch of probes for
+        per-sample numbers; a probe shared by several samples or calls sums
+        theirs.
 
     Returns:
       ``(z_star, info)``, or ``(z_star, aux, info)`` with ``has_aux=True``
@@ -105,25 +137,31 @@ def fixed_point(
         ``has_aux=True``) does not have the structure, shapes and dtypes of
         ``z0``, if ``z0`` is not floating, or if ``has_aux=True`` and ``f``
         does not return a pair.
-      ValueError: for unknown solver or backward names.
+      ValueError: for unknown solver or backward names, or a ``probe`` that
+        is not a floating array of shape ``(PROBE_SIZE,)``.
     """
     solver = as_solver(solver)
     backward = as_backward(backward)
     _check_start(z0)
+    _check_probe(probe)
     z0 = jax.lax.stop_gradient(z0)
+    # Non-array leaves of args become constants of f; only the arrays are traced.
+    args, f = _split_static(f, args)
 
     main = (lambda out: out[0]) if has_aux else (lambda out: out)
 
     if isinstance(backward, Unrolled):
         _check_output(z0, _main_output(jax.eval_shape(f, z0, *args), has_aux))
         z, info = iterate(solver, lambda z: main(f(z, *args)), z0, differentiable=True)
+        if probe is not None:
+            z = _tap(z, probe, jax.lax.stop_gradient(info.iterations).astype(jnp.float32))
         aux = f(z, *args)[1] if has_aux else None
     else:
         f_flat, hoisted, out_shape = _closure_convert(f, z0, args)
         # from the same trace: f is not traced twice
         _check_output(z0, _main_output(out_shape, has_aux))
         f_main = lambda z, a, h: main(f_flat(z, a, h))
-        z, info = _solve(f_main, solver, backward, backward_callback, z0, args, hoisted)
+        z, info = _solve(f_main, solver, backward, backward_callback, z0, args, hoisted, probe)
         aux = f_flat(z, args, hoisted)[1] if has_aux else None
     info = jax.tree.map(jax.lax.stop_gradient, info)
     if throw:
@@ -145,20 +183,74 @@ def _main_output(out: PyTree, has_aux: bool) -> PyTree:
     return out[0]
 
 
-def _raise_on_failure(status, iterations, residual) -> None:
-    import numpy as np
-
+def _failure(status, iterations, residual) -> str | None:
+    """``"status NAME (sample ...) after k iterations, relative residual r"`` for
+    the first failed sample, or None if every solve converged."""
     status, iterations, residual = map(np.asarray, (status, iterations, residual))
     bad = status != int(Status.CONVERGED)
-    if np.any(bad):
-        idx = np.argwhere(bad)
-        first = tuple(int(i) for i in idx[0]) if status.ndim else ()
-        code = int(status[first]) if status.ndim else int(status)
-        where = f" (sample {first}, {idx.shape[0]} of {status.size} failed)" if status.ndim else ""
+    if not np.any(bad):
+        return None
+    idx = np.argwhere(bad)
+    first = tuple(int(i) for i in idx[0]) if status.ndim else ()
+    code = int(status[first]) if status.ndim else int(status)
+    where = f" (sample {first}, {idx.shape[0]} of {status.size} failed)" if status.ndim else ""
+    its = int(iterations[first])
+    its = "an unreported number of (GMRES) iterations" if its < 0 else f"{its} iterations"
+    return (
+        f"status {Status(code).name}{where} after {its}, "
+        f"relative residual {float(residual[first]):.3e}"
+    )
+
+
+def _raise_on_failure(status, iterations, residual) -> None:
+    message = _failure(status, iterations, residual)
+    if message is not None:
+        raise FixedPointError(f"fixed_point did not converge: {message}")
+
+
+def _raise_on_adjoint_failure(status, iterations, residual, *, backward: IFT) -> None:
+    message = _failure(status, iterations, residual)
+    if message is not None:
         raise FixedPointError(
-            f"fixed_point did not converge: status {Status(code).name}{where} after "
-            f"{int(iterations[first])} iterations, relative residual {float(residual[first]):.3e}"
+            f"fixed_point backward: the IFT adjoint solve u = v + (df/dz)^T u did not converge: "
+            f"{message} (tol {backward.adjoint_tol:g}). The gradient would have been wrong; "
+            "raise the adjoint's max_iter, use IFT('gmres'), or set IFT(fallback=...)."
         )
+
+
+def _check_probe(probe) -> None:
+    if probe is None:
+        return
+    shape, dtype = jnp.shape(probe), jnp.result_type(probe)
+    if shape != (PROBE_SIZE,) or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"fixed_point: probe must be a floating array of shape ({PROBE_SIZE},) per call, "
+            f"as made by jfbjax.backward_probe(); got {jnp.dtype(dtype).name}{list(shape)}. "
+            "For a batch, vmap over jfbjax.backward_probe((batch,)) together with the inputs."
+        )
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, jax.Array | np.ndarray | np.generic)
+
+
+def _split_static(f: Callable, args: tuple) -> tuple[tuple, Callable]:
+    """``(arrays, g)``: the array leaves of ``args``, and ``g(z, *arrays)`` that
+    calls ``f(z, *args)`` with the other leaves put back as constants. Returns
+    ``(args, f)`` unchanged when every leaf is an array."""
+    leaves, treedef = jax.tree.flatten(args)
+    dynamic = [_is_array(x) for x in leaves]
+    if all(dynamic):
+        return args, f
+    arrays = tuple(x for x, d in zip(leaves, dynamic, strict=True) if d)
+    static = tuple(x for x, d in zip(leaves, dynamic, strict=True) if not d)
+
+    def g(z, *arrays):
+        a_iter, s_iter = iter(arrays), iter(static)
+        full = [next(a_iter) if d else next(s_iter) for d in dynamic]
+        return f(z, *jax.tree.unflatten(treedef, full))
+
+    return arrays, g
 
 
 def _describe(tree: PyTree) -> str:
@@ -216,24 +308,53 @@ def _closure_convert(f: Callable, z0: PyTree, args: tuple) -> tuple[Callable, tu
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _solve(f_flat, solver, backward, callback, z0, args, hoisted):
+def _solve(f_flat, solver, backward, callback, z0, args, hoisted, probe):
+    del probe
     return iterate(solver, lambda z: f_flat(z, args, hoisted), z0)
 
 
-def _solve_fwd(f_flat, solver, backward, callback, z0, args, hoisted):
+def _solve_fwd(f_flat, solver, backward, callback, z0, args, hoisted, probe):
     z, info = iterate(solver, lambda z: f_flat(z, args, hoisted), z0)
-    return (z, info), (z, args, hoisted)
+    return (z, info), (z, args, hoisted, probe)
 
 
 def _solve_bwd(f_flat, solver, backward, callback, residuals, cotangents):
-    z, args, hoisted = residuals
+    z, args, hoisted, probe = residuals
     v, _ = cotangents  # SolverInfo carries no gradient
     _, vjp = jax.vjp(f_flat, z, args, hoisted)  # linearise f once at z*
-    u, adjoint_info = backward.adjoint(lambda w: vjp(w)[0], v, stats=callback is not None)
+    stats = callback is not None or probe is not None
+    u, adjoint_info = backward.adjoint(lambda w: vjp(w)[0], v, stats=stats)
     if callback is not None:
         jax.debug.callback(callback, adjoint_info)
+    if isinstance(backward, IFT) and backward.throw:
+        raise_it = functools.partial(_raise_on_adjoint_failure, backward=backward)
+        jax.debug.callback(
+            raise_it, adjoint_info.status, adjoint_info.iterations, adjoint_info.residual
+        )
     _, args_bar, hoisted_bar = vjp(u)
-    return jax.tree.map(jnp.zeros_like, z), args_bar, hoisted_bar
+    probe_bar = None if probe is None else _probe_cotangent(adjoint_info, probe)
+    return jax.tree.map(jnp.zeros_like, z), args_bar, hoisted_bar, probe_bar
 
 
 _solve.defvjp(_solve_fwd, _solve_bwd)
+
+
+@jax.custom_vjp
+def _tap(z, probe, iterations):
+    """The identity on ``z`` whose backward writes the statistics of an
+    ``Unrolled`` backward (``iterations`` unrolled updates) into ``probe``."""
+    del probe, iterations
+    return z
+
+
+def _tap_fwd(z, probe, iterations):
+    return z, (probe, iterations)
+
+
+def _tap_bwd(residuals, v):
+    probe, iterations = residuals
+    info = SolverInfo(iterations, jnp.full((), jnp.nan, jnp.float32), jnp.int32(Status.MAX_ITER))
+    return v, _probe_cotangent(info, probe), jnp.zeros_like(iterations)
+
+
+_tap.defvjp(_tap_fwd, _tap_bwd)

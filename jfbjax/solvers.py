@@ -1,4 +1,4 @@
-"""Forward fixed-point solvers: Picard and Anderson, run by one driver loop.
+"""Forward fixed-point solvers: Picard, Anderson and Broyden, run by one driver loop.
 
 A solver is a small frozen (hashable) configuration object. It knows how to
 start its own state from the first evaluation ``f(z0)`` and how to propose the
@@ -11,8 +11,8 @@ unrolled backpropagation and for residual traces).
 All norms are joint 2-norms over every leaf of the state pytree, accumulated
 in at least float32 whatever the dtype of the iterates. For per-sample
 statistics on a batch, ``jax.vmap`` the solve: every sample then carries its
-own Anderson history, residual, iteration count and status, and a sample that
-has stopped stops changing.
+own Anderson history (or Broyden memory), residual, iteration count and
+status, and a sample that has stopped stops changing.
 """
 
 from __future__ import annotations
@@ -36,19 +36,25 @@ class Status(enum.IntEnum):
 
     ``CONVERGED`` (0): the relative residual ``||f(z) - z|| / (||f(z)|| + 1e-8)``
     reached ``tol``; ``MAX_ITER`` (1): ``max_iter`` updates ran without reaching
-    it; ``NONFINITE`` (2): an iterate or ``f`` of it held NaN or inf. The codes
-    are plain integers inside jitted code; :func:`status_name` turns one into
-    its name.
+    it; ``NONFINITE`` (2): an iterate or ``f`` of it held NaN or inf (or was so
+    large that its norm overflowed);
+    ``FALLBACK`` (3), reported by backward passes only: the adjoint solve of
+    an :class:`~jfbjax.IFT` with a ``fallback`` did not converge and the
+    gradient used the fallback's adjoint instead (the iterations and residual
+    reported with it are those of the failed solve). The codes are plain
+    integers inside jitted code; :func:`status_name` turns one into its name.
     """
 
     CONVERGED = 0  #: relative residual <= tol
     MAX_ITER = 1  #: ran max_iter iterations without reaching tol
     NONFINITE = 2  #: an iterate or f(iterate) contained NaN or inf
+    FALLBACK = 3  #: backward only: the IFT adjoint failed, the fallback's adjoint was used
 
 
 CONVERGED = Status.CONVERGED
 MAX_ITER = Status.MAX_ITER
 NONFINITE = Status.NONFINITE
+FALLBACK = Status.FALLBACK
 
 
 class SolverInfo(NamedTuple):
@@ -75,7 +81,7 @@ def status_name(code: int) -> str:
       code: an integer :class:`Status` code (a Python int or a scalar array).
 
     Returns:
-      ``"CONVERGED"``, ``"MAX_ITER"`` or ``"NONFINITE"``.
+      ``"CONVERGED"``, ``"MAX_ITER"``, ``"NONFINITE"`` or ``"FALLBACK"``.
 
     Raises:
       ValueError: ``code`` is not a status code.
@@ -107,9 +113,16 @@ def tree_norm(a: PyTree) -> jax.Array:
 
 
 def relative_residual(z: PyTree, fz: PyTree) -> jax.Array:
-    r"""``||f(z) - z|| / (||f(z)|| + eps)`` with ``eps = 1e-8``."""
+    r"""``||f(z) - z|| / (||f(z)|| + eps)`` with ``eps = 1e-8``.
+
+    ``inf`` when ``||f(z)||`` overflows but ``||f(z) - z||`` does not (a
+    finite but huge ``f(z)`` whose squared norm overflows the accumulation
+    dtype): the ratio would be 0, and a diverging solve would read as
+    converged. NaN in, NaN out.
+    """
     diff = jax.tree.map(jnp.subtract, fz, z)
-    return tree_norm(diff) / (tree_norm(fz) + RESIDUAL_EPS)
+    num, den = tree_norm(diff), tree_norm(fz)
+    return jnp.where(jnp.isinf(den) & jnp.isfinite(num), jnp.inf, num / (den + RESIDUAL_EPS))
 
 
 # --------------------------------------------------------------------------
@@ -318,31 +331,190 @@ class Anderson:
         return AndersonState(fs, gs, gram, state.count + 1)
 
 
-Solver = Picard | Anderson
+class BroydenState(NamedTuple):
+    r"""Low-rank inverse Jacobian and the last iterate of a :class:`Broyden` solve.
 
-_SOLVER_NAMES = {"anderson": Anderson, "picard": Picard}
+    The inverse Jacobian estimate of ``g(z) = f(z) - z`` is
+    ``H = -I + sum_i u_i v_i^T`` with the pairs stored in ``us`` and ``vs``
+    (leaves of shape ``(memory, *z.shape)``, in at least float32; unwritten
+    slots are zero). ``z`` is the current iterate, ``g`` its
+    residual ``f(z) - z`` and ``dz = -H g`` the step the next update takes.
+    ``count`` is the number of pairs written since the last restart.
+    """
+
+    us: PyTree
+    vs: PyTree
+    z: PyTree
+    g: PyTree
+    dz: PyTree
+    count: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Broyden:
+    r"""Limited-memory "good" Broyden method on ``g(z) = f(z) - z = 0``.
+
+    Broyden's method is a quasi-Newton method: it keeps an estimate ``H`` of
+    the inverse Jacobian ``(df/dz - I)^{-1}`` of ``g``, steps
+    ``z_{k+1} = z_k - H_k g(z_k)`` and corrects ``H`` with the secant pair
+    ``s = z_{k+1} - z_k``, ``y = g(z_{k+1}) - g(z_k)`` (Sherman-Morrison form
+    of the good Broyden update):
+
+    .. math::
+
+        H_{k+1} = H_k + \frac{(s - H_k y)\, s^T H_k}{s^T H_k y}, \qquad H_0 = -I.
+
+    ``H`` is never formed: it is stored as ``-I + sum_i u_i v_i^T`` with
+    ``v = H_k^T s`` and ``u = (s - H_k y) / <v, y>``, at most ``memory`` pairs
+    (the DEQ formulation of Bai et al., 2019, as in locuslab's DEQ and torchdeq).
+    The first update (``H_0 = -I``) is the plain step ``z <- f(z)``. On an
+    affine map in ``n`` dimensions with ``memory >= 2 n`` the method reaches
+    the fixed point in at most ``2 n`` updates (Gay, 1979), also where Picard
+    contracts slowly. There is no line search: one evaluation of ``f`` per
+    update, like :class:`Picard` and :class:`Anderson`.
+
+    Safeguards:
+
+    * denominator guard: a pair with ``|<v, y>| <= guard ||v|| ||y||`` (a
+      nearly singular update, e.g. ``y ~ 0``) or with a non-finite entry is
+      not stored, and ``H`` stays as it was;
+    * restart when the memory is full: once ``memory`` pairs are stored, the
+      memory is cleared (``H = -I``) before the next pair is added.
+      Overwriting the oldest pair instead (a ring buffer) leaves later pairs
+      that were built on the dropped one, and on some maps it stalls the
+      method altogether;
+    * restart on a non-finite step: if the next step ``-H g`` is not finite,
+      the memory is cleared and the step is the plain ``f(z) - z``.
+
+    The pairs and all inner products are kept in at least float32 whatever the
+    dtype of the iterates; per iteration the method costs ``3 memory`` inner
+    products and as many scaled additions of ``z``-sized arrays, and its state
+    holds ``2 memory + 3`` copies of ``z``. Usable wherever
+    :class:`Picard` and :class:`Anderson` are: as the forward solver, as the
+    adjoint solver of :class:`~jfbjax.IFT` (the adjoint equation is affine)
+    and with ``best_iterate``.
+
+    Args:
+      memory: number of stored pairs ``(u_i, v_i)`` (>= 1).
+      guard: relative denominator guard in [0, 1) (see above).
+      tol: stop when the relative residual is ``<= tol``; ``tol=0`` runs
+        exactly ``max_iter`` iterations.
+      max_iter: maximum number of updates (>= 1).
+      best_iterate: if True, a solve that ends without converging returns the
+        iterate with the lowest relative residual it evaluated instead of the
+        last one (see :func:`iterate`).
+    """
+
+    memory: int = 20
+    guard: float = 1e-6
+    tol: float = 1e-4
+    max_iter: int = 50
+    best_iterate: bool = False
+
+    def __post_init__(self):
+        _check_common(self.tol, self.max_iter)
+        _check_flag("best_iterate", self.best_iterate)
+        if not isinstance(self.memory, int) or isinstance(self.memory, bool) or self.memory < 1:
+            raise ValueError(f"memory must be an integer >= 1, got {self.memory!r}")
+        if not (isinstance(self.guard, int | float) and 0.0 <= self.guard < 1.0):
+            raise ValueError(f"guard must be a number in [0, 1), got {self.guard!r}")
+
+    def _dots(self, hist: PyTree, x: PyTree) -> jax.Array:
+        """``[<hist_i, x>]_i``, shape ``(memory,)``, summed over leaves."""
+
+        def part(h, a):
+            return h.reshape(self.memory, -1) @ a.reshape(-1).astype(h.dtype)
+
+        parts = jax.tree.leaves(jax.tree.map(part, hist, x))
+        return sum(parts[1:], parts[0])
+
+    def _combine(self, hist: PyTree, coef: jax.Array) -> PyTree:
+        """``sum_i coef_i hist_i``, leaf by leaf."""
+        return jax.tree.map(lambda h: jnp.tensordot(coef.astype(h.dtype), h, axes=1), hist)
+
+    def _step(self, us: PyTree, vs: PyTree, g: PyTree) -> PyTree:
+        """``-H g = g - sum_i u_i <v_i, g>``."""
+        return jax.tree.map(jnp.subtract, g, self._combine(us, self._dots(vs, g)))
+
+    def init(self, z: PyTree, fz: PyTree) -> BroydenState:
+        """Empty memory (``H_0 = -I``): the first step is ``g0 = f(z0) - z0``."""
+        g = jax.tree.map(lambda a, b: b.astype(acc_dtype(a.dtype)) - a, z, fz)
+        zeros = lambda x: jnp.zeros((self.memory, *x.shape), x.dtype)
+        empty = jax.tree.map(zeros, g)
+        return BroydenState(empty, empty, z, g, g, jnp.zeros((), jnp.int32))
+
+    def propose(self, state: BroydenState, z: PyTree, fz: PyTree) -> PyTree:
+        """The quasi-Newton step ``z - H g(z)``, computed by :meth:`record`."""
+        del fz
+        return jax.tree.map(lambda a, d: (a + d).astype(a.dtype), z, state.dz)
+
+    def record(self, state: BroydenState, z: PyTree, fz: PyTree) -> BroydenState:
+        r"""Adds the secant pair of the step to ``z`` (when it passes the guard;
+        after clearing a full memory) and computes the next step ``-H g(z)``,
+        restarting from ``H = -I`` if that step is not finite."""
+        full = state.count >= self.memory
+        clear = lambda x: jnp.where(full, jnp.zeros_like(x), x)
+        state = state._replace(
+            us=jax.tree.map(clear, state.us),
+            vs=jax.tree.map(clear, state.vs),
+            count=jnp.where(full, 0, state.count),
+        )
+        g = jax.tree.map(lambda a, b: b.astype(acc_dtype(a.dtype)) - a, z, fz)
+        s = jax.tree.map(lambda a, b: a.astype(acc_dtype(a.dtype)) - b, z, state.z)
+        y = jax.tree.map(jnp.subtract, g, state.g)
+        # H y = -y + sum u_i <v_i, y>,  H^T s = -s + sum v_i <u_i, s>
+        hy = jax.tree.map(jnp.subtract, self._combine(state.us, self._dots(state.vs, y)), y)
+        v = jax.tree.map(jnp.subtract, self._combine(state.vs, self._dots(state.us, s)), s)
+        denom = tree_vdot(v, y)
+        ok = jnp.abs(denom) > self.guard * tree_norm(v) * tree_norm(y)
+        safe = jnp.where(ok, denom, 1.0)
+        u = jax.tree.map(lambda a, b: (a - b) / safe.astype(a.dtype), s, hy)
+        ok = ok & jnp.isfinite(tree_norm(u)) & jnp.isfinite(tree_norm(v))
+        # written with a one-hot select (no scatter under vmap), like Anderson's history
+        hot = (jnp.arange(self.memory) == state.count) & ok
+
+        def put(h, x):
+            return jnp.where(hot.reshape((self.memory,) + (1,) * x.ndim), x[None], h)
+
+        us = jax.tree.map(put, state.us, u)
+        vs = jax.tree.map(put, state.vs, v)
+        count = state.count + ok.astype(state.count.dtype)
+        dz = self._step(us, vs, g)
+        finite = jnp.isfinite(tree_norm(dz))
+        keep = lambda x: jnp.where(finite, x, jnp.zeros_like(x))
+        us, vs = jax.tree.map(keep, us), jax.tree.map(keep, vs)
+        dz = jax.tree.map(lambda d, a: jnp.where(finite, d, a), dz, g)
+        count = jnp.where(finite, count, 0)
+        return BroydenState(us, vs, z, g, dz, count)
+
+
+Solver = Picard | Anderson | Broyden
+
+_SOLVER_NAMES = {"anderson": Anderson, "broyden": Broyden, "picard": Picard}
 
 
 def as_solver(solver: str | Solver) -> Solver:
     """Accept a solver object, or the shorthands ``"anderson"`` (=
-    ``Anderson()``: m=5, beta=1, ridge=1e-4, tol=1e-4, max_iter=50) and
-    ``"picard"`` (= ``Picard()``: tol=1e-4, max_iter=50, damping=1); neither
-    keeps the best iterate.
+    ``Anderson()``: m=5, beta=1, ridge=1e-4, tol=1e-4, max_iter=50),
+    ``"picard"`` (= ``Picard()``: tol=1e-4, max_iter=50, damping=1) and
+    ``"broyden"`` (= ``Broyden()``: memory=20, guard=1e-6, tol=1e-4,
+    max_iter=50); none keeps the best iterate.
 
     Returns:
-      ``solver`` itself if it is a :class:`Picard` or :class:`Anderson`, else
-      the default configuration its (case-insensitive) name selects.
+      ``solver`` itself if it is a :class:`Picard`, :class:`Anderson` or
+      :class:`Broyden`, else the default configuration its (case-insensitive)
+      name selects.
 
     Raises:
       ValueError: anything else.
     """
-    if isinstance(solver, Picard | Anderson):
+    if isinstance(solver, Picard | Anderson | Broyden):
         return solver
     if isinstance(solver, str) and solver.lower() in _SOLVER_NAMES:
         return _SOLVER_NAMES[solver.lower()]()
     raise ValueError(
-        f"solver must be jfbjax.Picard(...), jfbjax.Anderson(...) or one of "
-        f"{sorted(_SOLVER_NAMES)}, got {solver!r}"
+        f"solver must be jfbjax.Picard(...), jfbjax.Anderson(...), jfbjax.Broyden(...) or one "
+        f"of {sorted(_SOLVER_NAMES)}, got {solver!r}"
     )
 
 
@@ -414,7 +586,7 @@ def iterate(
     ``differentiable=True`` gradients flow through the selected iterate.
 
     Args:
-      solver: a :class:`Picard` or :class:`Anderson` configuration.
+      solver: a :class:`Picard`, :class:`Anderson` or :class:`Broyden` configuration.
       fn: the map, pytree -> pytree of the same structure, shapes and dtypes.
       z0: the start point.
       differentiable: if False (default) the loop is a ``lax.while_loop`` that
