@@ -85,6 +85,9 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     argv = ["--preset", "smoke", "--out", str(out), "--seeds", "0", "--steps", "4"]
     argv += ["--no_progress", "--compare_set", "pnp_steps=(1.0,)", "--compare_set", "tv_iters=60"]
+    # The comparison tunes TV itself; the training runs need neither their own TV
+    # baseline nor the GMRES gradient-alignment report (tested in tests/training).
+    argv += ["--set", "tv.weights=()", "--set", "contraction.align_images=0"]
     table = compare.main(argv)
     return out, argv, table
 
@@ -103,6 +106,8 @@ def test_smoke_comparison_end_to_end(smoke):
         assert row["train_ms_per_step"] > 0 and row["peak_memory_bytes"] > 0
         assert row["training_time_s"] > 0 and row["infer_ms_per_image"] > 0
     assert rows["unrolled"]["mean_iterations"] == 4  # exactly K at test time too
+    assert 0 <= rows["ift"]["ift_adjoint_converged"] <= 1 and "ift_adjoint_converged" in rows["ift"]
+    assert 0 < rows["jfb"]["contraction_mean"] <= rows["jfb"]["contraction_max"]
     # backprop through K iterations needs more memory than a one-step JFB backward
     assert rows["unrolled"]["temp_memory_bytes"] > rows["jfb"]["temp_memory_bytes"]
     assert rows["pnp"]["denoiser_noise"] == 0.05 and rows["pnp"]["step"] == 1.0
