@@ -276,9 +276,11 @@ def test_best_iterate_leaves_converged_solves_unchanged(x64, solver):
     z1, i1 = jfbjax.fixed_point(tanh_layer, jnp.zeros(6), params, x, solver=plain)
     z2, i2 = jfbjax.fixed_point(tanh_layer, jnp.zeros(6), params, x, solver=best)
     assert int(i1.status) == jfbjax.CONVERGED
-    np.testing.assert_array_equal(z1, z2)
-    for a, b in zip(i1, i2, strict=True):
-        np.testing.assert_array_equal(a, b)
+    # The same iterates: equal to rounding (two separately compiled programs may fuse
+    # differently, e.g. at XLA's optimisation level 0, and differ in the last ulp).
+    np.testing.assert_allclose(z1, z2, rtol=1e-14, atol=1e-15)
+    assert int(i1.iterations) == int(i2.iterations) and int(i1.status) == int(i2.status)
+    np.testing.assert_allclose(i1.residual, i2.residual, rtol=1e-5)  # a residual near 1e-10
 
 
 def test_best_iterate_keeps_the_last_finite_iterate_before_a_blow_up(x64):
