@@ -57,7 +57,7 @@ def training_command(config: dict) -> str:
         return "unknown (the run's config.json names no known preset)"
     base = _leaves(config_json(get_config(preset)))
     sets = [
-        f"--set {k}={v!r}"
+        f"--set {k}={tuple(v) if isinstance(v, list) else v!r}"
         for k, v in sorted(_leaves(config).items())
         if k != "preset" and base.get(k, object()) != v
     ]

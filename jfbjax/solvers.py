@@ -136,6 +136,11 @@ def _check_common(tol: float, max_iter: int) -> None:
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
 
 
+def _check_count(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def _check_flag(name: str, value: bool) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -250,8 +255,7 @@ class Anderson:
     def __post_init__(self):
         _check_common(self.tol, self.max_iter)
         _check_flag("best_iterate", self.best_iterate)
-        if not isinstance(self.m, int) or isinstance(self.m, bool) or self.m < 1:
-            raise ValueError(f"m must be an integer >= 1, got {self.m!r}")
+        _check_count("m", self.m)
         if not 0.0 < self.beta <= 1.0:
             raise ValueError(f"beta must be in (0, 1], got {self.beta!r}")
         if not (self.ridge >= 0.0 and self.ridge < float("inf")):
@@ -414,8 +418,7 @@ class Broyden:
     def __post_init__(self):
         _check_common(self.tol, self.max_iter)
         _check_flag("best_iterate", self.best_iterate)
-        if not isinstance(self.memory, int) or isinstance(self.memory, bool) or self.memory < 1:
-            raise ValueError(f"memory must be an integer >= 1, got {self.memory!r}")
+        _check_count("memory", self.memory)
         if not (isinstance(self.guard, int | float) and 0.0 <= self.guard < 1.0):
             raise ValueError(f"guard must be a number in [0, 1), got {self.guard!r}")
 

@@ -7,6 +7,7 @@ import pytest
 
 import jfbjax
 from jfbjax.solvers import Broyden, BroydenState, iterate, relative_residual
+from tests.core.problems import affine, affine_problem
 
 TIGHT = {
     "picard": jfbjax.Picard(tol=1e-12, max_iter=3000),
@@ -18,19 +19,6 @@ TIGHT = {
 def symmetric(n, eigs, seed=0):
     q, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(seed), (n, n)))
     return (q * eigs) @ q.T
-
-
-def affine_problem(n=7, norm=0.8, seed=0):
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-    w = jax.random.normal(k1, (n, n), jnp.float64)
-    w = norm * w / jnp.linalg.norm(w, 2)
-    b = jax.random.normal(k2, (n,), jnp.float64)
-    c = jax.random.normal(k3, (n,), jnp.float64)
-    return w, b, c
-
-
-def affine(z, w, b):
-    return w @ z + b
 
 
 def tanh_layer(z, w, b):

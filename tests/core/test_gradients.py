@@ -8,24 +8,12 @@ import numpy as np
 import pytest
 
 import jfbjax
+from tests.core.problems import affine, affine_problem, tanh_layer, tanh_problem
 
 TIGHT_SOLVERS = {
     "picard": jfbjax.Picard(tol=1e-13, max_iter=2000),
     "anderson": jfbjax.Anderson(m=6, tol=1e-13, max_iter=300),
 }
-
-
-def affine_problem(n=7, norm=0.8, seed=0):
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-    w = jax.random.normal(k1, (n, n), jnp.float64)
-    w = norm * w / jnp.linalg.norm(w, 2)
-    b = jax.random.normal(k2, (n,), jnp.float64)
-    c = jax.random.normal(k3, (n,), jnp.float64)
-    return w, b, c
-
-
-def affine(z, w, b):
-    return w @ z + b
 
 
 @pytest.mark.parametrize("solver", list(TIGHT_SOLVERS))
@@ -93,24 +81,6 @@ def test_neumann_approaches_ift(x64):
 
 
 # ---------------------------------------------------------------- nonlinear
-
-
-def tanh_layer(z, params, x):
-    """A contractive tanh layer with pytree params: z <- tanh(W z + U x + b)."""
-    return jnp.tanh(params["w"] @ z + params["u"] @ x + params["b"])
-
-
-def tanh_problem(n=6, d=3, norm=0.7, seed=1):
-    ks = jax.random.split(jax.random.PRNGKey(seed), 5)
-    w = jax.random.normal(ks[0], (n, n), jnp.float64)
-    params = {
-        "w": norm * w / jnp.linalg.norm(w, 2),
-        "u": jax.random.normal(ks[1], (n, d), jnp.float64),
-        "b": 0.1 * jax.random.normal(ks[2], (n,), jnp.float64),
-    }
-    x = jax.random.normal(ks[3], (d,), jnp.float64)
-    target = jax.random.normal(ks[4], (n,), jnp.float64)
-    return params, x, target
 
 
 def tanh_loss(params, x, target, backward, solver=TIGHT_SOLVERS["anderson"]):

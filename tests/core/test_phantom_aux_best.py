@@ -8,22 +8,10 @@ import pytest
 
 import jfbjax
 from jfbjax.solvers import relative_residual
+from tests.core.problems import affine, affine_problem, tanh_layer, tanh_problem
 
 TIGHT = jfbjax.Anderson(m=6, tol=1e-13, max_iter=300)
 IFT_TIGHT = jfbjax.IFT(tol=1e-13, max_iter=300)
-
-
-def affine_problem(n=7, norm=0.8, seed=0):
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-    w = jax.random.normal(k1, (n, n), jnp.float64)
-    w = norm * w / jnp.linalg.norm(w, 2)
-    b = jax.random.normal(k2, (n,), jnp.float64)
-    c = jax.random.normal(k3, (n,), jnp.float64)
-    return w, b, c
-
-
-def affine(z, w, b):
-    return w @ z + b
 
 
 def adjoint_closed_form(w, v, mode):
@@ -38,23 +26,6 @@ def adjoint_closed_form(w, v, mode):
         return sum(jnp.linalg.matrix_power(w.T, i) @ v for i in range(k + 1))
     m = (1 - lam) * jnp.eye(n) + lam * w  # phantom: lam sum_{i<k} (M^T)^i v
     return lam * sum(jnp.linalg.matrix_power(m.T, i) @ v for i in range(k))
-
-
-def tanh_layer(z, params, x):
-    return jnp.tanh(params["w"] @ z + params["u"] @ x + params["b"])
-
-
-def tanh_problem(n=6, d=3, norm=0.7, seed=1):
-    ks = jax.random.split(jax.random.PRNGKey(seed), 5)
-    w = jax.random.normal(ks[0], (n, n), jnp.float64)
-    params = {
-        "w": norm * w / jnp.linalg.norm(w, 2),
-        "u": jax.random.normal(ks[1], (n, d), jnp.float64),
-        "b": 0.1 * jax.random.normal(ks[2], (n,), jnp.float64),
-    }
-    x = jax.random.normal(ks[3], (d,), jnp.float64)
-    target = jax.random.normal(ks[4], (n,), jnp.float64)
-    return params, x, target
 
 
 def tanh_loss(params, x, target, backward, z0=None):

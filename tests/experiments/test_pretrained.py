@@ -86,8 +86,8 @@ def test_export_round_trip_equals_the_run(tiny_run, tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["name"] == "t" and meta["source"]["step"] == 2
     assert meta["source"]["train_command"] == (
-        "python -m experiments.deblur_celeba --preset smoke --set eval_every=100 "
-        "--set optim.warmup=1 --set steps=2"
+        "python -m experiments.deblur_celeba --preset smoke --set contraction.align_images=0 "
+        "--set eval_every=100 --set optim.warmup=1 --set steps=2 --set tv.weights=()"
     )
     assert abs(meta["test"]["psnr_standard"] - results["test"]["model"]["psnr_standard"]) < 0.01
     run, exported = load_run(workdir), pretrained.load(out)
