@@ -24,7 +24,6 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image
 
 from jfbjax.data.common import (
     ArrayBatcher,
@@ -32,6 +31,7 @@ from jfbjax.data.common import (
     _check_count,
     check_image_size,
     preprocess_celeba,
+    read_rgb_uint8,
     to_float,
 )
 
@@ -121,15 +121,13 @@ def _file_for(image_dir: str, number: int) -> str | None:
 
 
 def _read(path: str, image_size: int) -> np.ndarray | str:
-    """The preprocessed (S, S, 3) uint8 image, or the reason it could not be read."""
+    """The preprocessed (S, S, 3) uint8 image, or why it could not be read (naming it)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return f"{type(e).__name__}: {e}"
+        rgb = read_rgb_uint8(path)
+    except ValueError as e:
+        return str(e)
     if min(rgb.shape[:2]) < 1:
-        return "empty image"
+        return f"{path} is an empty image"
     return preprocess_celeba(rgb, image_size)
 
 
@@ -153,10 +151,10 @@ def _load_numbers(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(lambda p: _read(p, image_size), present))
     images, bad = [], 0
-    for path, result in zip(present, results, strict=True):
+    for result in results:
         if isinstance(result, str):
             bad += 1
-            warnings.warn(f"skipping unreadable image {path}: {result}", stacklevel=3)
+            warnings.warn(f"skipping unreadable image: {result}", stacklevel=3)
         else:
             images.append(result)
     stacked = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)

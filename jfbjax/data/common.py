@@ -28,6 +28,7 @@ __all__ = [
     "centre_crop_square",
     "check_image_size",
     "preprocess_celeba",
+    "read_rgb_uint8",
     "resize_uint8",
     "to_float",
     "to_rgb_uint8",
@@ -145,6 +146,23 @@ def to_float(images: np.ndarray) -> np.ndarray:
     if images.dtype != np.uint8:
         raise TypeError(f"expected uint8 images, got dtype {images.dtype}")
     return images.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+
+
+def read_rgb_uint8(path: str) -> np.ndarray:
+    """The image file at ``path`` as an (H, W, 3) uint8 array (grayscale replicated,
+    alpha dropped, by Pillow's RGB conversion).
+
+    Raises:
+      ValueError: Pillow cannot read it (not an image, truncated, too large); the
+        message names the file and the reason.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        reason = f"{type(e).__name__}: {e}"
+        raise ValueError(f"{path} is not an image Pillow can read ({reason})") from None
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
