@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 import jfbjax
 from jfbjax import pretrained
-from jfbjax.data.common import to_float, to_rgb_uint8
+from jfbjax.data.common import read_rgb_uint8, to_float
 from jfbjax.imaging.metrics import psnr, ssim
 from jfbjax.imaging.noise import degrade
 
@@ -66,14 +66,7 @@ CSV_FIELDS = (
 def read_image(path: str) -> np.ndarray:
     """The image at ``path`` as float32 (H, W, 3) on [-1, 1] (grayscale replicated,
     alpha dropped). Raises ``ValueError`` naming the file if Pillow cannot read it."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        reason = f"{type(e).__name__}: {e}"
-        raise ValueError(f"{path} is not an image Pillow can read ({reason})") from None
-    return to_float(to_rgb_uint8(rgb))
+    return to_float(read_rgb_uint8(path))
 
 
 def _write_png(x: np.ndarray, path: str) -> None:
@@ -99,12 +92,12 @@ def find_images(path: str) -> list[str]:
     raise FileNotFoundError(f"{path} does not exist")
 
 
-def _reference_for(reference_dir: str, path: str) -> str | None:
-    stem = os.path.splitext(os.path.basename(path))[0]
+def _references(reference_dir: str) -> dict[str, str]:
+    """The files of ``reference_dir`` by name without extension (the first, sorted, wins)."""
+    found: dict[str, str] = {}
     for f in sorted(os.listdir(reference_dir)):
-        if os.path.splitext(f)[0] == stem:
-            return os.path.join(reference_dir, f)
-    return None
+        found.setdefault(os.path.splitext(f)[0], os.path.join(reference_dir, f))
+    return found
 
 
 def _metrics(x: jax.Array, ref: jax.Array) -> tuple[float, float]:
@@ -155,6 +148,7 @@ def deblur_files(
     graphdef, state = nnx.split(run.model)
     restore = _restorer(graphdef)
     key = jax.random.PRNGKey(int(seed))
+    references = _references(reference) if reference else {}
     records = []
     for i, path in enumerate(tqdm(paths, desc="deblurring", unit="image", disable=not progress)):
         try:
@@ -170,7 +164,7 @@ def deblur_files(
             _write_png(d, os.path.join(out, f"{stem}_blurred.png"))
         else:
             d = jnp.asarray(image)
-            ref_path = _reference_for(reference, path) if reference else None
+            ref_path = references.get(stem) if reference else None
             if reference and ref_path is None:
                 warnings.warn(f"no reference for {path} in {reference}", stacklevel=2)
             if ref_path is not None:
