@@ -59,11 +59,22 @@ def measure(run, batches: int, fwd_tols, adjoints, tol: float) -> list[dict]:
     key = jax.random.PRNGKey(int(config.seed) + 1000)
     xs = [jnp.asarray(data.train_batch(b, batch_size, int(config.seed))) for b in range(batches)]
     ds = [degrade(jax.random.fold_in(key, b), x, run.blur, run.noise_std) for b, x in enumerate(xs)]
+    original = model.solver, model.backward, model.backward_callback
+    run_tol = float(config.solver.tol)
+    try:
+        return _measure(model, original[0], xs, ds, fwd_tols, adjoints, tol, run_tol)
+    finally:  # the run's model is left as it was loaded
+        model.solver, model.backward, model.backward_callback = original
+
+
+def _measure(model, run_solver, xs, ds, fwd_tols, adjoints, tol, run_tol) -> list[dict]:
+    batches = len(xs)
     rows = []
     for fwd_tol in fwd_tols:
-        solver = dataclasses.replace(model.solver, tol=float(fwd_tol), max_iter=300)
-        if fwd_tol >= float(config.solver.tol):  # the run's own solver
-            solver = dataclasses.replace(model.solver, tol=float(fwd_tol))
+        # The run's solver at its own tolerance or looser; 300 iterations for a tighter one.
+        solver = dataclasses.replace(run_solver, tol=float(fwd_tol))
+        if fwd_tol < run_tol:
+            solver = dataclasses.replace(solver, max_iter=300)
         model.solver = solver
         g, p, r = nnx.split(model, nnx.Param, ...)
 
@@ -107,7 +118,6 @@ def measure(run, batches: int, fwd_tols, adjoints, tol: float) -> list[dict]:
                 f"converged, {seconds:.2f} s per batch",
                 flush=True,
             )
-    model.solver, model.backward = run.model.solver, run.model.backward
     return rows
 
 

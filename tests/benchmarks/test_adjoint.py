@@ -62,3 +62,18 @@ def test_rejects_bad_arguments(result):
         adjoint.run(["--run", str(workdir), "--n", "0", "--out", str(out)])
     with pytest.raises(ValueError, match="validation images"):
         adjoint.run(["--run", str(workdir), "--n", "100000", "--out", str(out)])
+
+
+def test_adjoint_budget_counts_converged_solves(result, tmp_path):
+    from benchmarks import adjoint_budget
+
+    workdir, _, _ = result
+    argv = ["--run", str(workdir), "--batches", "1", "--fwd_tol", "1e-3", "--out", str(tmp_path)]
+    res = adjoint_budget.main([*argv, "--adjoint", "anderson:1", "anderson:40"])
+    few, many = res["rows"]
+    batch = load_run(workdir).config.batch_size
+    assert few["total"] == many["total"] == batch  # one adjoint solve per sample
+    assert few["converged"] <= many["converged"] and 0 < many["contraction_max"] < 1.5
+    assert "anderson (40 iterations)" in (tmp_path / "adjoint_budget_cpu.md").read_text()
+    with pytest.raises(SystemExit):
+        adjoint_budget.main(["--run", str(workdir), "--adjoint", "nope:3"])
