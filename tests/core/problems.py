@@ -1,7 +1,9 @@
 """Test problems shared by the core tests: an affine map and a contractive tanh layer (float64)."""
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
+import numpy as np
 
 
 def affine_problem(n=7, norm=0.8, seed=0):
@@ -36,3 +38,13 @@ def tanh_problem(n=6, d=3, norm=0.7, seed=1):
     x = jax.random.normal(ks[3], (d,), jnp.float64)
     target = jax.random.normal(ks[4], (n,), jnp.float64)
     return params, x, target
+
+
+def central_differences(fun, params, eps=1e-6):
+    """Central finite differences of the scalar ``fun`` at the pytree ``params``."""
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    grad = np.zeros(flat.shape)
+    for i in range(flat.size):
+        e = jnp.zeros_like(flat).at[i].set(eps)
+        grad[i] = (fun(unravel(flat + e)) - fun(unravel(flat - e))) / (2 * eps)
+    return unravel(jnp.asarray(grad))

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 import jfbjax
-from tests.core.problems import affine, affine_problem, tanh_layer, tanh_problem
+from tests.core.problems import (
+    affine,
+    affine_problem,
+    central_differences,
+    tanh_layer,
+    tanh_problem,
+)
 
 TIGHT_SOLVERS = {
     "picard": jfbjax.Picard(tol=1e-13, max_iter=2000),
@@ -88,15 +94,6 @@ def tanh_loss(params, x, target, backward, solver=TIGHT_SOLVERS["anderson"]):
         tanh_layer, jnp.zeros_like(target), params, x, solver=solver, backward=backward
     )
     return 0.5 * jnp.sum((z - target) ** 2)
-
-
-def central_differences(fun, params, eps=1e-6):
-    flat, unravel = jax.flatten_util.ravel_pytree(params)
-    grad = np.zeros(flat.shape)
-    for i in range(flat.size):
-        e = jnp.zeros_like(flat).at[i].set(eps)
-        grad[i] = (fun(unravel(flat + e)) - fun(unravel(flat - e))) / (2 * eps)
-    return unravel(jnp.asarray(grad))
 
 
 @pytest.mark.parametrize("backward", ["ift_anderson", "ift_picard", "ift_gmres", "unrolled"])

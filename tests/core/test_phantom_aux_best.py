@@ -8,7 +8,13 @@ import pytest
 
 import jfbjax
 from jfbjax.solvers import relative_residual
-from tests.core.problems import affine, affine_problem, tanh_layer, tanh_problem
+from tests.core.problems import (
+    affine,
+    affine_problem,
+    central_differences,
+    tanh_layer,
+    tanh_problem,
+)
 
 TIGHT = jfbjax.Anderson(m=6, tol=1e-13, max_iter=300)
 IFT_TIGHT = jfbjax.IFT(tol=1e-13, max_iter=300)
@@ -358,15 +364,6 @@ def test_aux_gradients_closed_form(x64, mode):
     np.testing.assert_allclose(gb, u + 2 * b, rtol=1e-9, atol=1e-10)  # through z* + direct
     np.testing.assert_allclose(gw, jnp.outer(u, z_star), rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(gt, jnp.ones(3), rtol=1e-12)  # direct only
-
-
-def central_differences(fun, params, eps=1e-6):
-    flat, unravel = jax.flatten_util.ravel_pytree(params)
-    grad = np.zeros(flat.shape)
-    for i in range(flat.size):
-        e = jnp.zeros_like(flat).at[i].set(eps)
-        grad[i] = (fun(unravel(flat + e)) - fun(unravel(flat - e))) / (2 * eps)
-    return unravel(jnp.asarray(grad))
 
 
 def test_aux_ift_gradient_matches_finite_differences_on_a_nonlinear_map(x64):
