@@ -170,6 +170,12 @@ def methods(settings: ml_collections.ConfigDict) -> tuple[Method, ...]:
         Method("unrolled", f"DE-GRAD unrolled (K={k})", "unrolled", "learned",
                (("backward.name", "unrolled"), ("solver.tol", 0.0), ("solver.max_iter", k))),
         Method("ift", "DE-GRAD + IFT", "IFT", "learned", (("backward.name", "ift"),)),
+        # The adjoint budget that converges on >= 95% of training solves
+        # (benchmarks/results/adjoint_budget_cpu.md): forward to 1e-5, adjoint
+        # Anderson up to 150 iterations. About 3x the default IFT's time.
+        Method("ift_tight", "DE-GRAD + IFT (fwd tol 1e-5, adjoint max 150)", "IFT tight",
+               "learned", (("backward.name", "ift"), ("solver.tol", 1e-5),
+                           ("solver.max_iter", 300), ("backward.max_iter", 150))),
         *neumann,
         Method("jfb", "DE-GRAD + JFB", "JFB", "learned", (("backward.name", "jfb"),)),
         Method("jfb_pretrained", "DE-GRAD + JFB (pretrained R)", "JFB (pretr.)", "learned",
@@ -672,8 +678,8 @@ def _parse(argv):
         "--methods",
         nargs="+",
         default=None,
-        help="only these: blurred adjoint wiener tikhonov tv pnp feedforward unrolled ift "
-        "neumann jfb jfb_pretrained (default: all)",
+        help="only these (keys or groups): blurred adjoint wiener tikhonov tv pnp feedforward "
+        "unrolled ift ift_tight neumann jfb jfb_pretrained (default: all)",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="training config override (experiments/configs.py)")  # fmt: skip

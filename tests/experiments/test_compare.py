@@ -32,6 +32,9 @@ def test_learned_runs_plan():
         assert by["unrolled"].backward.name == "unrolled"
         assert by["unrolled"].solver.tol == 0 and by["unrolled"].solver.max_iter == 10
         assert by["ift"].backward.name == "ift" and by["jfb"].backward.name == "jfb"
+        # ift_tight: the adjoint budget that converges (adjoint_budget_cpu.md)
+        t = by["ift_tight"]
+        assert (t.backward.name, t.solver.tol, t.backward.max_iter) == ("ift", 1e-5, 150)
         assert {k for k in by if k.startswith("neumann")} == {"neumann2", "neumann5"}
         assert by["neumann5"].backward.k == 5
         assert by["feedforward"].model.kind == "feedforward"
