@@ -1,4 +1,6 @@
-"""``fixed_point``: a forward solver and a backward mode under one custom_vjp."""
+"""``fixed_point``: a forward solver and a backward mode under one custom_vjp
+(or, with ``forward_mode=True``, one custom_jvp whose transpose is the same
+backward mode)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ def fixed_point(
     backward_callback: Callable[[SolverInfo], None] | None = None,
     has_aux: bool = False,
     probe: jax.Array | None = None,
+    forward_mode: bool = False,
 ) -> tuple[PyTree, SolverInfo] | tuple[PyTree, PyTree, SolverInfo]:
     r"""Solve ``z* = f(z*, *args)`` and differentiate through it.
 
@@ -78,6 +81,23 @@ def fixed_point(
     ``vmap``, without a host callback; ``IFT(throw=True)`` raises when the
     adjoint solve fails and ``IFT(fallback=...)`` replaces a failed adjoint by
     another mode's (status ``FALLBACK``).
+
+    Forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) needs
+    ``forward_mode=True``: the solve is then a ``custom_jvp`` whose tangent is
+    the backward mode's approximation of ``dz* = (I - df/dz)^{-1} (df/dargs)
+    dargs`` with ``df/dz`` linearised once at ``z*`` (``jax.linearize``):
+    ``dz = b`` for JFB (``b = (df/dargs) dargs``), ``sum_{i<=k} J^i b`` for
+    Neumann, the damped sum for Phantom, and for IFT the solution of
+    ``(I - J) dz = b`` by the same adjoint solver, as a
+    ``lax.custom_linear_solve`` whose transpose solve is the adjoint solve
+    ``(I - J^T) u = v``. Reverse mode (``jax.grad``) then works by
+    transposition and gives the same gradients as the default ``custom_vjp``
+    (tested), so one function serves ``jacfwd`` and ``jacrev``. What the
+    custom_jvp path does not have: the ``probe`` and ``backward_callback``
+    statistics (a ``ValueError`` says so); ``IFT(throw=True)`` and
+    ``IFT(fallback=...)`` work in both. Without ``forward_mode`` a forward-mode
+    transformation raises a ``TypeError`` that says to set it. ``Unrolled``
+    differentiates through the iterations and supports both modes either way.
 
     With ``has_aux=True``, ``f(z, *args)`` returns ``(z_next, aux)``: only
     ``z_next`` is iterated, and ``aux`` is evaluated once more at the returned
@@ -123,6 +143,8 @@ def fixed_point(
         measures their adjoint residual. ``vmap`` over a batch of probes for
         per-sample numbers; a probe shared by several samples or calls sums
         theirs.
+      forward_mode: differentiate by a ``custom_jvp`` (forward and reverse
+        mode) instead of a ``custom_vjp`` (reverse mode only); see above.
 
     Returns:
       ``(z_star, info)``, or ``(z_star, aux, info)`` with ``has_aux=True``
@@ -137,13 +159,20 @@ def fixed_point(
         ``has_aux=True``) does not have the structure, shapes and dtypes of
         ``z0``, if ``z0`` is not floating, or if ``has_aux=True`` and ``f``
         does not return a pair.
-      ValueError: for unknown solver or backward names, or a ``probe`` that
-        is not a floating array of shape ``(PROBE_SIZE,)``.
+      ValueError: for unknown solver or backward names, a ``probe`` that
+        is not a floating array of shape ``(PROBE_SIZE,)``, or a ``probe`` or
+        ``backward_callback`` with ``forward_mode=True``.
     """
     solver = as_solver(solver)
     backward = as_backward(backward)
     _check_start(z0)
     _check_probe(probe)
+    if forward_mode and (probe is not None or backward_callback is not None):
+        raise ValueError(
+            "fixed_point: probe and backward_callback report the custom_vjp's backward pass; "
+            "with forward_mode=True there is none (gradients come by transposing the JVP). "
+            "Drop them, or use forward_mode=False for reverse mode with statistics."
+        )
     z0 = jax.lax.stop_gradient(z0)
     # Non-array leaves of args become constants of f; only the arrays are traced.
     args, f = _split_static(f, args)
@@ -161,7 +190,21 @@ def fixed_point(
         # from the same trace: f is not traced twice
         _check_output(z0, _main_output(out_shape, has_aux))
         f_main = lambda z, a, h: main(f_flat(z, a, h))
-        z, info = _solve(f_main, solver, backward, backward_callback, z0, args, hoisted, probe)
+        if forward_mode:
+            z, info = _solve_jvp(f_main, solver, backward, z0, args, hoisted)
+        else:
+            try:
+                z, info = _solve(
+                    f_main, solver, backward, backward_callback, z0, args, hoisted, probe
+                )
+            except TypeError as e:
+                if "forward-mode" not in str(e):
+                    raise
+                raise TypeError(
+                    "fixed_point: forward-mode differentiation (jax.jvp, jax.jacfwd, "
+                    "jax.linearize, jax.hessian) needs fixed_point(..., forward_mode=True); "
+                    "the default is a custom_vjp, which JAX can only reverse-differentiate."
+                ) from e
         aux = f_flat(z, args, hoisted)[1] if has_aux else None
     info = jax.tree.map(jax.lax.stop_gradient, info)
     if throw:
@@ -358,3 +401,51 @@ def _tap_bwd(residuals, v):
 
 
 _tap.defvjp(_tap_fwd, _tap_bwd)
+
+
+# --------------------------------------------------------------------------
+# forward_mode=True: the same solve under a custom_jvp.
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _solve_jvp(f_flat, solver, backward, z0, args, hoisted):
+    return iterate(solver, lambda z: f_flat(z, args, hoisted), z0)
+
+
+@_solve_jvp.defjvp
+def _solve_jvp_rule(f_flat, solver, backward, primals, tangents):
+    z0, args, hoisted = primals
+    _, args_dot, hoisted_dot = tangents  # no tangent reaches z* from z0
+    z, info = iterate(solver, lambda w: f_flat(w, args, hoisted), z0)
+    # b = (df/dargs) dargs at z*; J = df/dz at z*, linearised once.
+    _, b = jax.jvp(lambda a, h: f_flat(z, a, h), (args, hoisted), (args_dot, hoisted_dot))
+    _, jz = jax.linearize(lambda w: f_flat(w, args, hoisted), z)
+    z_dot = _tangent(backward, jz, b)
+    return (z, info), (z_dot, jax.tree.map(_zero_tangent, info))
+
+
+def _tangent(backward: Backward, jz: Callable, b: PyTree) -> PyTree:
+    """The backward mode's ``dz`` for ``dz = b + J dz``: its adjoint recursion
+    run with ``J`` in place of ``J^T`` (JFB, Neumann, Phantom: polynomials in
+    ``J``, transposed by JAX), or for IFT a ``custom_linear_solve`` whose
+    solve and transpose solve are the adjoint solver on ``I - J`` and ``I - J^T``."""
+    if not isinstance(backward, IFT):
+        return backward.adjoint(jz, b)[0]
+
+    def solve(matvec, rhs):  # matvec: w -> (I - M) w, M = J or J^T
+        u, info = backward.adjoint(
+            lambda w: jax.tree.map(jnp.subtract, w, matvec(w)), rhs, stats=backward.throw
+        )
+        if backward.throw:
+            raise_it = functools.partial(_raise_on_adjoint_failure, backward=backward)
+            jax.debug.callback(raise_it, info.status, info.iterations, info.residual)
+        return u
+
+    matvec = lambda w: jax.tree.map(jnp.subtract, w, jz(w))
+    return jax.lax.custom_linear_solve(matvec, b, solve, transpose_solve=solve)
+
+
+def _zero_tangent(x: jax.Array) -> jax.Array:
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.zeros_like(x)
+    return np.zeros(x.shape, jax.dtypes.float0)
