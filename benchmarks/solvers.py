@@ -1,4 +1,4 @@
-"""Forward and backward cost of jfbjax's solvers, side by side with jaxopt.
+"""Forward and backward cost of jfbjax's solvers, side by side with jaxopt and optimistix.
 
 Usage::
 
@@ -11,13 +11,28 @@ Problems (per-sample maps, a vmapped batch):
   256 to 4096, batch 64.
 * ``conv``: ``z <- tanh(s * conv3x3(z, K) + conv3x3(x, V))`` on 64x64x8
   images with ``s ||K|| <= 0.9`` (kernel Frobenius norm bound), batch 8.
+* ``degrad``: the DE-GRAD map ``T(x; d)`` of the shipped model trained with the
+  ``cpu`` preset (``jfbjax.pretrained.load()``, spectral normalisation applied
+  once) on 32x32 RGB crops blurred and noised as in training, batch 8, from
+  ``x0 = A^T d``. Its adjoint contracts slowly, so the backward modes get at
+  most 50 iterations there and jaxopt's implicit differentiation (uncapped
+  normal-equation CG: minutes per step, ``benchmarks/peers.py``) is not run.
 
 Every solver stops at the same relative residual
 ``||f(z) - z|| / ||f(z)|| <= tol``. jaxopt's solvers test the absolute
 residual ``||f(z) - z||``; they get ``tol * median ||f(z*)||`` so that both
 stop at the same accuracy, and the table prints the relative residual each
 one reached. jaxopt's Anderson uses ``ridge=1e-5`` absolute (its default);
-jfbjax's ridge is relative (see ``jfbjax.Anderson``).
+jfbjax's ridge is relative (see ``jfbjax.Anderson``). jaxopt's ``Broyden``
+(a root finder, run on ``f(z) - z`` with its defaults: memory of ``maxiter``
+updates and a backtracking line search; with a memory of 20, jfbjax's, it
+diverged on the dense map) tests ``||f(z) - z||`` too. optimistix's
+``fixed_point`` with ``FixedPointIteration`` tests the difference of two
+iterates elementwise against ``atol + rtol |z|``; with ``rtol = 0``, the two
+norm and ``atol`` the same absolute tolerance it stops at the same point as
+the others. optimistix has no Anderson or Broyden fixed-point solver; its
+gradient (``ImplicitAdjoint``) needs forward mode, which the backward table
+does not include (``benchmarks/peers.py`` reports it).
 
 Times are medians of ``--repeat`` runs of the jitted, compiled function on
 the same machine in the same process; backward time is the time of
@@ -28,6 +43,7 @@ the point; absolute CPU times depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
 
 import jax
@@ -91,6 +107,27 @@ def conv_problem(size: int, batch: int, key, channels: int = 8):
     return f, params, x, jnp.zeros((batch, size, size, channels))
 
 
+def degrad_problem(size: int, batch: int, seed: int = 0):
+    """The DE-GRAD map of the shipped ``cpu`` model on blurred, noisy crops:
+    ``f(z, params, d) = T(z; d)`` with the DnCNN's parameters as ``params``."""
+    from flax import nnx
+
+    from benchmarks.harness import images
+    from jfbjax import pretrained
+    from jfbjax.imaging.noise import degrade
+    from jfbjax.models import freeze_spectral_norm
+
+    run = pretrained.load()
+    graphdef, params, rest = nnx.split(freeze_spectral_norm(run.model), nnx.Param, ...)
+    clean = jnp.asarray(images(batch, size, seed=7))
+    d = degrade(jax.random.PRNGKey(seed), clean, run.blur, run.noise_std)
+
+    def f(z, p, d):
+        return nnx.merge(graphdef, p, rest).step(z, d)
+
+    return f, params, d, run.blur.adjoint(d)
+
+
 # ---------------------------------------------------------------- solvers
 
 
@@ -120,14 +157,55 @@ def jaxopt_solve(f, kind: str, tol: float, max_iter: int):
     return solve
 
 
+def jaxopt_broyden_solve(f, tol: float, max_iter: int):
+    import jaxopt
+
+    def solve(params, x, z0):
+        def one(x, z0):
+            root = lambda z, params, x: f(z, params, x) - z
+            s = jaxopt.Broyden(root, tol=tol, maxiter=max_iter)
+            out = s.run(z0, params, x)
+            return out.params, out.state.iter_num
+
+        return jax.vmap(one)(x, z0)
+
+    return solve
+
+
+def optimistix_solve(f, tol: float, max_iter: int):
+    import optimistix as optx
+
+    def solve(params, x, z0):
+        def one(x, z0):
+            sol = optx.fixed_point(
+                lambda z, a: f(z, a[0], a[1]),
+                optx.FixedPointIteration(rtol=0.0, atol=tol, norm=optx.two_norm),
+                z0,
+                args=(params, x),
+                max_steps=max_iter,
+                throw=False,
+            )
+            return sol.value, sol.stats["num_steps"]
+
+        return jax.vmap(one)(x, z0)
+
+    return solve
+
+
 def relative_residuals(f, params, x, z):
     """Per-sample relative residual of ``z`` (:func:`jfbjax.solvers.relative_residual`)."""
     fz = jax.vmap(lambda z, x: f(z, params, x))(z, x)
     return jax.vmap(jfbjax.solvers.relative_residual)(z, fz)
 
 
-def run_case(name, f, params, x, z0, tol, max_iter, repeat, with_jaxopt):
+def run_case(name, f, params, x, z0, tol, max_iter, repeat, peers, backward_max_iter=None,
+             jaxopt_backward=True):  # fmt: skip
+    """One problem: forward solvers (jfbjax and the ``peers`` installed), then the
+    backward modes after jfbjax's Anderson forward (adjoints capped at
+    ``backward_max_iter``, default ``max_iter``)."""
     row = {"problem": name}
+    with_jaxopt = "jaxopt" in peers
+    bwd_iter = max_iter if backward_max_iter is None else backward_max_iter
     picard = jfbjax.Picard(tol=tol, max_iter=max_iter)
     anderson = jfbjax.Anderson(m=5, tol=tol, max_iter=max_iter)
     loss = lambda z: jnp.mean(z**2)
@@ -142,10 +220,14 @@ def run_case(name, f, params, x, z0, tol, max_iter, repeat, with_jaxopt):
     forwards = {
         "picard": jfbjax_solve(f, picard, "jfb"),
         "anderson": jfbjax_solve(f, anderson, "jfb"),
+        "broyden": jfbjax_solve(f, jfbjax.Broyden(tol=tol, max_iter=max_iter), "jfb"),
     }
     if with_jaxopt:
         forwards["jaxopt_fpi"] = jaxopt_solve(f, "fpi", abs_tol, max_iter)
         forwards["jaxopt_anderson"] = jaxopt_solve(f, "anderson", abs_tol, max_iter)
+        forwards["jaxopt_broyden"] = jaxopt_broyden_solve(f, abs_tol, max_iter)
+    if "optimistix" in peers:
+        forwards["optimistix_fpi"] = optimistix_solve(f, abs_tol, max_iter)
     for key, solve in forwards.items():
         fn = jax.jit(lambda p, x, z0, solve=solve: solve(p, x, z0))
         z, aux = fn(params, x, z0)
@@ -157,8 +239,8 @@ def run_case(name, f, params, x, z0, tol, max_iter, repeat, with_jaxopt):
     # backward modes on the Anderson forward
     backwards = {
         "jfb": jfbjax.JFB(),
-        "ift": jfbjax.IFT("anderson", tol=tol, max_iter=max_iter),
-        "ift_gmres": jfbjax.IFT("gmres", tol=tol, max_iter=max_iter),
+        "ift": jfbjax.IFT("anderson", tol=tol, max_iter=bwd_iter),
+        "ift_gmres": jfbjax.IFT("gmres", tol=tol, max_iter=bwd_iter),
         "neumann5": jfbjax.Neumann(5),
         "unrolled": jfbjax.Unrolled(),
     }
@@ -177,7 +259,7 @@ def run_case(name, f, params, x, z0, tol, max_iter, repeat, with_jaxopt):
         row[f"step_ms_{key}"] = total
         row[f"bwd_ms_{key}"] = total - row["fwd_ms_anderson"]
         grads[key] = vg(params, x, z0)[1]
-    if with_jaxopt:
+    if with_jaxopt and jaxopt_backward:
         solve = jaxopt_solve(f, "anderson", abs_tol, max_iter)
         vg = jax.jit(jax.value_and_grad(lambda p, x, z0: loss(solve(p, x, z0)[0])))
         total = timed(vg, params, x, z0, repeat=repeat)
@@ -201,7 +283,11 @@ def run_case(name, f, params, x, z0, tol, max_iter, repeat, with_jaxopt):
     row["jfb_step_over_min"] = row["step_ms_jfb"] / (row["fwd_ms_anderson"] + row["vjp_ms"])
     if with_jaxopt:
         row["anderson_fwd_ratio_vs_jaxopt"] = row["fwd_ms_anderson"] / row["fwd_ms_jaxopt_anderson"]
-        row["ift_bwd_ratio_vs_jaxopt"] = row["bwd_ms_ift"] / row["bwd_ms_jaxopt_anderson"]
+        row["broyden_fwd_ratio_vs_jaxopt"] = row["fwd_ms_broyden"] / row["fwd_ms_jaxopt_broyden"]
+        if jaxopt_backward:
+            row["ift_bwd_ratio_vs_jaxopt"] = row["bwd_ms_ift"] / row["bwd_ms_jaxopt_anderson"]
+    if "optimistix" in peers:
+        row["picard_fwd_ratio_vs_optimistix"] = row["fwd_ms_picard"] / row["fwd_ms_optimistix_fpi"]
     return row
 
 
@@ -218,9 +304,11 @@ def to_markdown(rows, meta) -> str:
         "",
         "## Forward: iterations (mean per sample) and time to tolerance",
         "",
-        "| problem | Picard it | Picard ms | Anderson it | Anderson ms "
-        "| jaxopt FPI it | jaxopt FPI ms | jaxopt AA it | jaxopt AA ms | AA ms / jaxopt AA ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| problem | Picard it | Picard ms | Anderson it | Anderson ms | Broyden it | Broyden ms "
+        "| jaxopt FPI it | jaxopt FPI ms | jaxopt AA it | jaxopt AA ms | jaxopt Broyden it "
+        "| jaxopt Broyden ms | optimistix FPI it | optimistix FPI ms | AA ms / jaxopt AA ms "
+        "| Broyden ms / jaxopt Broyden ms | Picard ms / optimistix FPI ms |",
+        "|" + "---|" * 18,
     ]
     for r in rows:
         cells = [r["problem"]] + [
@@ -230,11 +318,19 @@ def to_markdown(rows, meta) -> str:
                 "fwd_ms_picard",
                 "iters_anderson",
                 "fwd_ms_anderson",
+                "iters_broyden",
+                "fwd_ms_broyden",
                 "iters_jaxopt_fpi",
                 "fwd_ms_jaxopt_fpi",
                 "iters_jaxopt_anderson",
                 "fwd_ms_jaxopt_anderson",
+                "iters_jaxopt_broyden",
+                "fwd_ms_jaxopt_broyden",
+                "iters_optimistix_fpi",
+                "fwd_ms_optimistix_fpi",
                 "anderson_fwd_ratio_vs_jaxopt",
+                "broyden_fwd_ratio_vs_jaxopt",
+                "picard_fwd_ratio_vs_optimistix",
             )
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -284,35 +380,47 @@ def main(argv=None):
     parser.add_argument("--tol", type=float, default=1e-4)
     parser.add_argument("--max_iter", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--no_jaxopt", action="store_true", help="skip the jaxopt peers")
+    parser.add_argument(
+        "--no_peers",
+        "--no_jaxopt",
+        action="store_true",
+        dest="no_peers",
+        help="skip jaxopt and optimistix (--no_jaxopt: the old spelling)",
+    )
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
 
-    with_jaxopt = not args.no_jaxopt
-    if with_jaxopt:
+    peers = set()
+    for peer in () if args.no_peers else ("jaxopt", "optimistix"):
         try:
-            import jaxopt  # noqa: F401
+            importlib.import_module(peer)
+            peers.add(peer)
         except ImportError:
-            print("jaxopt not installed (pip install -e '.[peers]'): skipping the peers")
-            with_jaxopt = False
+            print(f"{peer} not installed (pip install -e '.[peers]'): skipping it")
 
     key = jax.random.PRNGKey(0)
     if args.quick:
         cases = [
             ("dense-32 x8", dense_problem(32, 8, key)),
             ("conv-16 x2", conv_problem(16, 2, key)),
+            ("degrad-16 x2", degrad_problem(16, 2)),
         ]
         repeat = 2
     else:
         cases = [(f"dense-{w} x64", dense_problem(w, 64, key)) for w in (256, 1024, 4096)] + [
             ("dense-1024-slow x64", dense_problem(1024, 64, key, slow=True)),
             ("conv-64 x8", conv_problem(64, 8, key)),
+            ("degrad-32 x8", degrad_problem(32, 8)),
         ]
         repeat = args.repeat
     rows = []
     for name, (f, params, x, z0) in cases:
         print(f"running {name} ...", flush=True)
-        rows.append(run_case(name, f, params, x, z0, args.tol, args.max_iter, repeat, with_jaxopt))
+        degrad = name.startswith("degrad")
+        rows.append(
+            run_case(name, f, params, x, z0, args.tol, args.max_iter, repeat, peers,
+                     backward_max_iter=50 if degrad else None, jaxopt_backward=not degrad)
+        )  # fmt: skip
     machine = machine_name()
     meta = {
         "machine": machine,
