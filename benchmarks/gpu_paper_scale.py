@@ -47,7 +47,8 @@ import jfbjax
 from benchmarks.common import run_meta, write_result
 from benchmarks.harness import Bench, backward_mode, build, fixed_solver
 from experiments.configs import get_config
-from jfbjax.models import freeze_spectral_norm, solver_from_config
+from jfbjax.builders import solver_from_config
+from jfbjax.models import freeze_spectral_norm
 from jfbjax.training.profiling import time_call
 
 EPOCH_IMAGES, EPOCHS = 8000, 100

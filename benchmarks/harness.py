@@ -22,8 +22,9 @@ import optax
 from flax import nnx
 
 import jfbjax
+from jfbjax.builders import backward_from_config, build_model, solver_from_config
 from jfbjax.imaging.noise import degrade
-from jfbjax.models import DEGRAD, DnCNN, freeze_spectral_norm
+from jfbjax.models import DEGRAD, freeze_spectral_norm
 from jfbjax.training import (
     DataParallel,
     TrainState,
@@ -41,60 +42,41 @@ __all__ = ["MODES", "Bench", "backward_mode", "build", "copy_tree", "fixed_solve
 MODES = ("jfb", "ift_anderson", "ift_gmres", "neumann5", "unrolled")
 
 
-def backward_mode(name: str, config) -> jfbjax.JFB | jfbjax.IFT | jfbjax.Neumann | jfbjax.Unrolled:
+def backward_mode(name: str, config) -> jfbjax.AbstractBackward | jfbjax.Unrolled:
     """The backward mode of a benchmark mode name (:data:`MODES`; ``neumann<k>``
-    for any k), with the adjoint tolerance and cap of ``config.backward``."""
-    b = config.backward
-    if name == "jfb":
-        return jfbjax.JFB()
-    if name == "ift_anderson":
-        return jfbjax.IFT("anderson", tol=float(b.tol), max_iter=int(b.max_iter))
-    if name == "ift_gmres":
-        return jfbjax.IFT("gmres", tol=float(b.tol), max_iter=int(b.max_iter))
-    if name.startswith("neumann"):
-        return jfbjax.Neumann(int(name[len("neumann") :]))
-    if name == "unrolled":
-        return jfbjax.Unrolled()
-    raise ValueError(f"unknown mode {name!r}; choose from {MODES}")
+    for any k), with the adjoint tolerance and cap of ``config.backward``
+    (built by :func:`jfbjax.builders.backward_from_config`)."""
+    section = config.backward.copy_and_resolve_references()
+    if name in ("jfb", "unrolled"):
+        section.name = name
+    elif name in ("ift_anderson", "ift_gmres"):
+        section.name, section.adjoint_solver = "ift", name[len("ift_") :]
+    elif name.startswith("neumann") and name[len("neumann") :].isdigit():
+        section.name, section.k = "neumann", int(name[len("neumann") :])
+    else:
+        raise ValueError(f"unknown mode {name!r}; choose from {MODES}")
+    return backward_from_config(section)
 
 
 def fixed_solver(config, iters: int) -> jfbjax.Anderson:
     """The preset's Anderson solver with ``tol=0``: exactly ``iters`` iterations."""
-    s = config.solver
-    return jfbjax.Anderson(
-        m=int(s.m), beta=float(s.beta), ridge=float(s.ridge), tol=0.0, max_iter=int(iters)
-    )
+    section = config.solver.copy_and_resolve_references()
+    section.name, section.tol, section.max_iter = "anderson", 0.0, int(iters)
+    return solver_from_config(section)
 
 
 def build(config, blur, dtype: str = "float32", seed: int = 0) -> DEGRAD:
-    """DE-GRAD with the preset's DnCNN (as ``build_model``, plus the compute ``dtype``)."""
-    m = config.model
-    rngs = nnx.Rngs(seed)
-    reg = DnCNN(
-        int(m.get("channels", 3)),
-        int(m.depth),
-        int(m.features),
-        spectral_norm=bool(m.spectral_norm),
-        dtype=dtype,
-        rngs=rngs,
-    )
-    s = config.solver
-    solver = jfbjax.Anderson(
-        m=int(s.m),
-        beta=float(s.beta),
-        ridge=float(s.ridge),
-        tol=float(s.tol),
-        max_iter=int(s.max_iter),
-    )
-    return DEGRAD(
-        blur,
-        reg,
-        eta_init=float(m.eta_init),
-        clamp=bool(m.clamp),
-        learn_eta=bool(m.get("learn_eta", True)),
-        solver=solver,
-        backward="jfb",
-    )
+    """The paper's DE-GRAD (no preconditioner, TV or Tikhonov term, start
+    ``A^T d``) with the preset's DnCNN and Anderson settings, computed in
+    ``dtype``, JFB backward (:func:`jfbjax.builders.build_model` with those
+    overrides)."""
+    c = config.copy_and_resolve_references()
+    c.model.update(
+        kind="degrad", family="degrad", start="adjoint", precond=0.0, tikhonov=0.0,
+        tv_weight=0.0, dtype=dtype,
+    )  # fmt: skip
+    c.solver.name, c.backward.name = "anderson", "jfb"
+    return build_model(c, blur, nnx.Rngs(seed))
 
 
 @functools.lru_cache(maxsize=8)

@@ -199,10 +199,11 @@ def relative_residuals(f, params, x, z):
 
 
 def run_case(name, f, params, x, z0, tol, max_iter, repeat, peers, backward_max_iter=None,
-             jaxopt_backward=True):  # fmt: skip
+             jaxopt_backward=True, modes=None):  # fmt: skip
     """One problem: forward solvers (jfbjax and the ``peers`` installed), then the
     backward modes after jfbjax's Anderson forward (adjoints capped at
-    ``backward_max_iter``, default ``max_iter``)."""
+    ``backward_max_iter``, default ``max_iter``; ``modes``: a subset of the
+    backward modes' keys, default all)."""
     row = {"problem": name}
     with_jaxopt = "jaxopt" in peers
     bwd_iter = max_iter if backward_max_iter is None else backward_max_iter
@@ -249,6 +250,8 @@ def run_case(name, f, params, x, z0, tol, max_iter, repeat, peers, backward_max_
     unroll_steps = int(jnp.max(info.iterations)) + 1
     row["unrolled_steps"] = unroll_steps
     grads = {}
+    if modes is not None:
+        backwards = {k: v for k, v in backwards.items() if k in modes or k == "ift"}
     for key, mode in backwards.items():
         solver = anderson
         if key == "unrolled":
@@ -419,7 +422,9 @@ def main(argv=None):
         degrad = name.startswith("degrad")
         rows.append(
             run_case(name, f, params, x, z0, args.tol, args.max_iter, repeat, peers,
-                     backward_max_iter=50 if degrad else None, jaxopt_backward=not degrad)
+                     backward_max_iter=(5 if args.quick else 50) if degrad else None,
+                     jaxopt_backward=not degrad,
+                     modes=("jfb",) if degrad and args.quick else None)
         )  # fmt: skip
     machine = machine_name()
     meta = {

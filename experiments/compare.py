@@ -49,11 +49,12 @@ from flax import nnx
 import jfbjax
 from experiments.compare_report import aggregate, plot_psnr_vs_time, table_markdown
 from experiments.configs import PRESETS, apply_overrides, compare_settings, get_config
+from jfbjax.builders import solver_from_config
 from jfbjax.data import load_data_from_config
 from jfbjax.imaging.baselines import tv_deblur
 from jfbjax.imaging.metrics import psnr
 from jfbjax.imaging.noise import degrade
-from jfbjax.models import pnp_pgd, solver_from_config
+from jfbjax.models import pnp_pgd
 from jfbjax.training import (
     DataParallel,
     Run,

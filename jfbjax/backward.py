@@ -38,6 +38,7 @@ into it (:func:`backward_probe`, :func:`backward_info`, :class:`BackwardInfo`).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import numbers
 from collections.abc import Callable
@@ -47,10 +48,38 @@ import jax
 import jax.numpy as jnp
 
 from jfbjax import solvers as _solvers
-from jfbjax.solvers import Anderson, Broyden, Picard, SolverInfo, Status
+from jfbjax.solvers import AbstractSolver, Anderson, Broyden, Picard, SolverInfo, Status
 
 PyTree = Any
 VJP = Callable[[PyTree], PyTree]
+
+
+class AbstractBackward(abc.ABC):
+    """What :func:`~jfbjax.fixed_point` needs from a backward mode; subclass it to add one.
+
+    A backward mode is a frozen, hashable configuration (a
+    ``dataclass(frozen=True)``) with one method, :meth:`adjoint`, which maps
+    the cotangent ``v = dl/dz*`` to the adjoint vector ``u`` whose pullback
+    ``u^T df/dargs`` at ``z*`` is the gradient. It sees ``f`` only through
+    ``vjp_z: w -> (df/dz)^T w``, linearised once at ``z*``, and must be linear
+    in ``v`` and built from ``vjp_z``, tree arithmetic and ``lax`` loops: with
+    ``fixed_point(forward_mode=True)`` the same method runs with ``df/dz`` in
+    place of its transpose to produce tangents (a fixed number of steps, a
+    ``fori_loop`` with static bounds, transposes; a ``while_loop`` does not,
+    which is why :class:`IFT` goes through ``lax.custom_linear_solve`` there).
+
+    Such a mode works everywhere a built-in one does: ``fixed_point``,
+    ``IFT(fallback=...)``, the DE-GRAD model, and (once registered with
+    :func:`jfbjax.builders.register_backward`) a config's ``backward.name``.
+    :class:`Unrolled` is the one mode that is not an adjoint: it replaces the
+    solver's ``while_loop`` by a differentiable ``scan``.
+    """
+
+    @abc.abstractmethod
+    def adjoint(self, vjp_z: VJP, v: PyTree, stats: bool = False) -> tuple[PyTree, SolverInfo]:
+        """``(u, info)``: the adjoint vector and a :class:`~jfbjax.SolverInfo`
+        (iterations, residual of ``u`` in ``u = v + (df/dz)^T u`` when
+        ``stats`` is True, else NaN allowed, and a status code)."""
 
 
 def _info(iterations, residual, status) -> SolverInfo:
@@ -69,7 +98,7 @@ def _adjoint_residual(vjp_z: VJP, v: PyTree, u: PyTree) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class JFB:
+class JFB(AbstractBackward):
     """Jacobian-free backpropagation (Wu Fung et al., AAAI 2022).
 
     ``u = v``: the gradient is ``v^T df/dtheta`` at ``z*``, one VJP of ``f``
@@ -95,7 +124,7 @@ class JFB:
 
 
 @dataclasses.dataclass(frozen=True)
-class Neumann:
+class Neumann(AbstractBackward):
     """Truncated Neumann series: ``u = sum_{i=0}^{k} ((df/dz)^T)^i v``.
 
     ``Neumann(0)`` equals :class:`JFB`; the error to IFT decays like
@@ -136,7 +165,7 @@ class Neumann:
 
 
 @dataclasses.dataclass(frozen=True)
-class Phantom:
+class Phantom(AbstractBackward):
     r"""Phantom gradient (Geng et al., NeurIPS 2021): ``k`` damped unrolled steps from ``z*``.
 
     The phantom gradient backpropagates through ``k`` damped Picard steps
@@ -225,7 +254,7 @@ _IFT_SOLVERS = ("anderson", "picard", "broyden", "gmres")
 
 
 @dataclasses.dataclass(frozen=True)
-class IFT:
+class IFT(AbstractBackward):
     r"""Implicit-function-theorem gradient: solve ``u = v + (df/dz)^T u``.
 
     The adjoint solve can fail (``max_iter`` too small for a map that
@@ -266,12 +295,12 @@ class IFT:
         ``throw``.
     """
 
-    solver: str | Picard | Anderson | Broyden = "anderson"
+    solver: str | AbstractSolver = "anderson"
     tol: float = 1e-5
     max_iter: int = 100
     restart: int = 20
     throw: bool = False
-    fallback: JFB | Neumann | Phantom | IFT | None = None
+    fallback: AbstractBackward | None = None
 
     def __post_init__(self):
         if isinstance(self.solver, str):
@@ -281,17 +310,16 @@ class IFT:
                     f"instance, got {self.solver!r}"
                 )
             _solvers._check_common(self.tol, self.max_iter)
-        elif not isinstance(self.solver, Picard | Anderson | Broyden):
+        elif not isinstance(self.solver, AbstractSolver):
             raise ValueError(f"IFT solver must be a name or a solver instance, got {self.solver!r}")
         if not isinstance(self.restart, int) or self.restart < 1:
             raise ValueError(f"restart must be an integer >= 1, got {self.restart!r}")
         _solvers._check_flag("IFT throw", self.throw)
-        if self.fallback is not None and not isinstance(
-            self.fallback, JFB | Neumann | Phantom | IFT
-        ):
+        if self.fallback is not None and not isinstance(self.fallback, AbstractBackward):
             raise ValueError(
                 "IFT fallback must be None or a backward mode with an adjoint: JFB(), "
-                f"Neumann(k), Phantom(k, lam) or IFT(...), got {self.fallback!r}"
+                f"Neumann(k), Phantom(k, lam), IFT(...) or another jfbjax.AbstractBackward, "
+                f"got {self.fallback!r}"
             )
         if self.throw and self.fallback is not None:
             raise ValueError(
@@ -306,8 +334,8 @@ class IFT:
             return self.tol
         return self.solver.tol
 
-    def _fixed_point_solver(self) -> Picard | Anderson | Broyden:
-        if isinstance(self.solver, Picard | Anderson | Broyden):
+    def _fixed_point_solver(self) -> AbstractSolver:
+        if isinstance(self.solver, AbstractSolver):
             return self.solver
         if self.solver.lower() == "picard":
             return Picard(tol=self.tol, max_iter=self.max_iter)
@@ -379,7 +407,7 @@ class Unrolled:
     """
 
 
-Backward = JFB | Neumann | Phantom | IFT | Unrolled
+Backward = AbstractBackward | Unrolled
 
 
 # --------------------------------------------------------------------------
@@ -532,17 +560,18 @@ def as_backward(backward: str | Backward) -> Backward:
     same gradient as JFB), ``"unrolled"`` (= ``Unrolled()``).
 
     Returns:
-      ``backward`` itself if it is a backward object, else the default
+      ``backward`` itself if it is a backward object (an
+      :class:`AbstractBackward`, built-in or a user's, or :class:`Unrolled`), else the default
       configuration its (case-insensitive) name selects.
 
     Raises:
       ValueError: anything else.
     """
-    if isinstance(backward, JFB | Neumann | Phantom | IFT | Unrolled):
+    if isinstance(backward, AbstractBackward | Unrolled):
         return backward
     if isinstance(backward, str) and backward.lower() in _BACKWARD_NAMES:
         return _BACKWARD_NAMES[backward.lower()]()
     raise ValueError(
-        "backward must be jfbjax.JFB(), IFT(...), Neumann(k), Phantom(k, lam), Unrolled() "
-        f"or one of {sorted(_BACKWARD_NAMES)}, got {backward!r}"
+        "backward must be jfbjax.JFB(), IFT(...), Neumann(k), Phantom(k, lam), Unrolled(), "
+        f"another jfbjax.AbstractBackward, or one of {sorted(_BACKWARD_NAMES)}, got {backward!r}"
     )

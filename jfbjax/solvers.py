@@ -17,6 +17,7 @@ status, and a sample that has stopped stops changing.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import enum
 from collections.abc import Callable
@@ -29,6 +30,50 @@ PyTree = Any
 
 #: Added to the denominator of the relative residual.
 RESIDUAL_EPS = 1e-8
+
+
+class AbstractSolver(abc.ABC):
+    """What :func:`iterate` needs from a forward solver; subclass it to add one.
+
+    A solver is a frozen, hashable configuration (a ``dataclass(frozen=True)``:
+    :func:`~jfbjax.fixed_point` passes it as a static argument) with
+
+    * ``tol`` (float >= 0) and ``max_iter`` (int >= 1): the driver stops when
+      the relative residual ``||f(z) - z|| / (||f(z)|| + eps)`` is ``<= tol``
+      or after ``max_iter`` updates (``tol = 0``: exactly ``max_iter``);
+    * ``best_iterate`` (bool, default False): return the lowest-residual
+      iterate of a solve that does not converge;
+
+    and three pure methods (arrays in, arrays out; they run inside
+    ``lax.while_loop`` / ``lax.scan`` and under ``vmap``):
+
+    * ``init(z0, fz0) -> state``: the state after the first evaluation;
+    * ``propose(state, z, fz) -> z_next``: the next iterate;
+    * ``record(state, z_next, fz_next) -> state``: the state after the driver
+      evaluated ``f`` at the proposed point.
+
+    The driver owns the evaluations of ``f``, the convergence test, the counts
+    and the status. Such a solver works everywhere a built-in one does:
+    :func:`~jfbjax.fixed_point`, ``IFT(solver=...)``'s adjoint solve, and (once
+    registered with :func:`jfbjax.builders.register_solver`) a config's
+    ``solver.name``.
+    """
+
+    tol: float
+    max_iter: int
+    best_iterate: bool = False
+
+    @abc.abstractmethod
+    def init(self, z: PyTree, fz: PyTree) -> Any:
+        """The solver state after the first evaluation ``fz = f(z0)``."""
+
+    @abc.abstractmethod
+    def propose(self, state: Any, z: PyTree, fz: PyTree) -> PyTree:
+        """The next iterate, from the state and the last evaluation ``fz = f(z)``."""
+
+    @abc.abstractmethod
+    def record(self, state: Any, z: PyTree, fz: PyTree) -> Any:
+        """The state after the driver evaluated ``fz = f(z)`` at the proposed ``z``."""
 
 
 class Status(enum.IntEnum):
@@ -147,7 +192,7 @@ def _check_flag(name: str, value: bool) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Picard:
+class Picard(AbstractSolver):
     r"""Damped Picard (Krasnosel'skii-Mann) iteration.
 
     .. math:: z_{k+1} = (1 - \lambda) z_k + \lambda f(z_k)
@@ -210,7 +255,7 @@ class AndersonState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class Anderson:
+class Anderson(AbstractSolver):
     r"""Type-II Anderson acceleration with ridge-regularised least squares.
 
     With ``n = min(k + 1, m)`` stored pairs ``(z_i, f(z_i))`` and residuals
@@ -355,7 +400,7 @@ class BroydenState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class Broyden:
+class Broyden(AbstractSolver):
     r"""Limited-memory "good" Broyden method on ``g(z) = f(z) - z = 0``.
 
     Broyden's method is a quasi-Newton method: it keeps an estimate ``H`` of
@@ -491,7 +536,7 @@ class Broyden:
         return BroydenState(us, vs, z, g, dz, count)
 
 
-Solver = Picard | Anderson | Broyden
+Solver = AbstractSolver
 
 _SOLVER_NAMES = {"anderson": Anderson, "broyden": Broyden, "picard": Picard}
 
@@ -504,20 +549,20 @@ def as_solver(solver: str | Solver) -> Solver:
     max_iter=50); none keeps the best iterate.
 
     Returns:
-      ``solver`` itself if it is a :class:`Picard`, :class:`Anderson` or
-      :class:`Broyden`, else the default configuration its (case-insensitive)
-      name selects.
+      ``solver`` itself if it is an :class:`AbstractSolver` (the built-in
+      ones or a user's), else the default configuration its
+      (case-insensitive) name selects.
 
     Raises:
       ValueError: anything else.
     """
-    if isinstance(solver, Picard | Anderson | Broyden):
+    if isinstance(solver, AbstractSolver):
         return solver
     if isinstance(solver, str) and solver.lower() in _SOLVER_NAMES:
         return _SOLVER_NAMES[solver.lower()]()
     raise ValueError(
-        f"solver must be jfbjax.Picard(...), jfbjax.Anderson(...), jfbjax.Broyden(...) or one "
-        f"of {sorted(_SOLVER_NAMES)}, got {solver!r}"
+        f"solver must be jfbjax.Picard(...), jfbjax.Anderson(...), jfbjax.Broyden(...), another "
+        f"jfbjax.AbstractSolver, or one of {sorted(_SOLVER_NAMES)}, got {solver!r}"
     )
 
 
@@ -589,7 +634,8 @@ def iterate(
     ``differentiable=True`` gradients flow through the selected iterate.
 
     Args:
-      solver: a :class:`Picard`, :class:`Anderson` or :class:`Broyden` configuration.
+      solver: a :class:`Picard`, :class:`Anderson` or :class:`Broyden`
+        configuration, or any other :class:`AbstractSolver`.
       fn: the map, pytree -> pytree of the same structure, shapes and dtypes.
       z0: the start point.
       differentiable: if False (default) the loop is a ``lax.while_loop`` that

@@ -1,16 +1,7 @@
 """Flax NNX models: the DnCNN regulariser, the DE-GRAD implicit model and a
 feed-forward baseline, plus their construction from an ml_collections config."""
 
-from jfbjax.models.degrad import (
-    DEGRAD,
-    FAMILIES,
-    STARTS,
-    DEProx,
-    FeedForward,
-    backward_from_config,
-    build_model,
-    solver_from_config,
-)
+from jfbjax.models.degrad import DEGRAD, FAMILIES, STARTS, DEProx, FeedForward
 from jfbjax.models.dncnn import (
     DnCNN,
     PowerVector,
@@ -36,3 +27,16 @@ __all__ = [
     "solver_from_config",
     "spectral_norm_estimate",
 ]
+
+
+# The config builders live in jfbjax.builders (which imports this package);
+# their old names here resolve lazily to avoid a circular import.
+_BUILDERS = ("backward_from_config", "build_model", "solver_from_config")
+
+
+def __getattr__(name):
+    if name in _BUILDERS:
+        from jfbjax import builders
+
+        return getattr(builders, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -46,26 +46,17 @@ from flax import nnx
 import jfbjax
 from jfbjax.imaging.baselines import smoothed_tv_gradient, tikhonov_cg
 from jfbjax.imaging.blur import Blur
-from jfbjax.models.dncnn import DnCNN, freeze_spectral_norm
+from jfbjax.models.dncnn import freeze_spectral_norm
 
-__all__ = [
-    "DEGRAD",
-    "FAMILIES",
-    "STARTS",
-    "DEProx",
-    "FeedForward",
-    "backward_from_config",
-    "build_model",
-    "solver_from_config",
-]
+__all__ = ["DEGRAD", "FAMILIES", "STARTS", "DEProx", "FeedForward"]
 
 #: Map families of ``config.model.family``.
 FAMILIES = ("degrad", "deprox")
 #: Start points of ``config.model.start``.
 STARTS = ("adjoint", "cg")
 
-Solver = jfbjax.Picard | jfbjax.Anderson
-Backward = jfbjax.JFB | jfbjax.IFT | jfbjax.Neumann | jfbjax.Unrolled
+Solver = jfbjax.AbstractSolver
+Backward = jfbjax.AbstractBackward | jfbjax.Unrolled
 
 
 def _inverse_softplus(y: float) -> float:
@@ -355,113 +346,3 @@ class FeedForward(nnx.Module):
         _check_batch(d, getattr(self.regulariser, "channels", None), "FeedForward")
         x0 = self.blur.adjoint(d)
         return (x0 - self.regulariser(x0)).astype(d.dtype), _trivial_info(d)
-
-
-def solver_from_config(cfg) -> Solver:
-    """The forward solver of a ``config.solver`` section.
-
-    ``name="anderson"`` uses ``m, beta, ridge, tol, max_iter``;
-    ``name="picard"`` uses ``tol, max_iter`` and ``beta`` as the damping.
-
-    Raises:
-      ValueError: another ``name``, or invalid solver settings.
-    """
-    if cfg.name == "anderson":
-        return jfbjax.Anderson(
-            m=int(cfg.m),
-            beta=float(cfg.beta),
-            ridge=float(cfg.ridge),
-            tol=float(cfg.tol),
-            max_iter=int(cfg.max_iter),
-        )
-    if cfg.name == "picard":
-        return jfbjax.Picard(
-            tol=float(cfg.tol), max_iter=int(cfg.max_iter), damping=float(cfg.beta)
-        )
-    raise ValueError(f"solver.name must be 'anderson' or 'picard', got {cfg.name!r}")
-
-
-def backward_from_config(cfg) -> Backward:
-    """The backward mode of a ``config.backward`` section.
-
-    ``"jfb"``; ``"ift"`` with ``adjoint_solver`` (anderson, picard, gmres),
-    ``tol`` and ``max_iter``; ``"neumann"`` with ``k`` terms; ``"unrolled"``.
-
-    Raises:
-      ValueError: another ``name``, or invalid settings of the mode.
-    """
-    if cfg.name == "jfb":
-        return jfbjax.JFB()
-    if cfg.name == "ift":
-        return jfbjax.IFT(str(cfg.adjoint_solver), tol=float(cfg.tol), max_iter=int(cfg.max_iter))
-    if cfg.name == "neumann":
-        return jfbjax.Neumann(int(cfg.k))
-    if cfg.name == "unrolled":
-        return jfbjax.Unrolled()
-    raise ValueError(f"backward.name must be one of jfb, ift, neumann, unrolled; got {cfg.name!r}")
-
-
-def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
-    """The model of ``config.model`` with a DnCNN regulariser.
-
-    ``config.model``: ``kind`` ("degrad" | "feedforward"), ``depth``,
-    ``features``, ``spectral_norm``, ``eta_init``, ``clamp``, and optionally
-    ``channels`` (default 3), ``learn_eta`` (default True), ``family``
-    (:data:`FAMILIES`, default "degrad": :class:`DEGRAD`; "deprox":
-    :class:`DEProx`), ``start`` (:data:`STARTS`, default "adjoint"),
-    ``start_iters`` and ``start_weight`` (the CG start), ``precond`` (``mu`` of
-    the DE-GRAD preconditioner, 0: none). For "degrad"
-    the solver and backward mode come from ``config.solver`` and
-    ``config.backward`` (:func:`solver_from_config`, :func:`backward_from_config`).
-
-    Args:
-      config: a full configuration (``experiments.configs.get_config``).
-      blur: the forward operator ``A``.
-      rngs: the random streams that initialise the DnCNN.
-
-    Returns:
-      A :class:`DEGRAD` or :class:`FeedForward` model.
-
-    Raises:
-      ValueError: an unknown ``model.kind``, solver or backward name.
-    """
-    m = config.model
-    if m.kind not in ("degrad", "feedforward"):
-        raise ValueError(f"model.kind must be 'degrad' or 'feedforward', got {m.kind!r}")
-    regulariser = DnCNN(
-        int(m.get("channels", 3)),
-        int(m.depth),
-        int(m.features),
-        spectral_norm=bool(m.spectral_norm),
-        dtype=str(m.get("dtype", "float32")),
-        rngs=rngs,
-    )
-    if m.kind == "feedforward":
-        return FeedForward(blur, regulariser)
-    family = str(m.get("family", "degrad"))
-    if family not in FAMILIES:
-        raise ValueError(f"model.family must be one of {FAMILIES}, got {family!r}")
-    cls = DEProx if family == "deprox" else DEGRAD
-    return cls(
-        blur,
-        regulariser,
-        eta_init=float(m.eta_init),
-        clamp=bool(m.clamp),
-        learn_eta=bool(m.get("learn_eta", True)),
-        solver=solver_from_config(config.solver),
-        backward=backward_from_config(config.backward),
-        start=str(m.get("start", "adjoint")),
-        start_iters=int(m.get("start_iters", 60)),
-        start_weight=float(m.get("start_weight", 0.01)),
-        **(
-            {
-                "precond": float(m.get("precond", 0.0)),
-                "precond_iters": int(m.get("precond_iters", 10)),
-                "tikhonov": float(m.get("tikhonov", 0.0)),
-                "tv_weight": float(m.get("tv_weight", 0.0)),
-                "tv_eps": float(m.get("tv_eps", 0.1)),
-            }
-            if cls is DEGRAD
-            else {}
-        ),
-    )

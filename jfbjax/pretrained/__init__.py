@@ -6,7 +6,7 @@ Each model is a folder of this package holding
   norm's power-iteration vectors), one array per variable, named by its path
   in the module (``regulariser/layers/0/kernel``);
 * ``config.json``: the full training configuration (the same file a run
-  folder holds), from which :func:`jfbjax.models.build_model` rebuilds the
+  folder holds), from which :func:`jfbjax.builders.build_model` rebuilds the
   module;
 * ``meta.json``: where the weights come from (the run folder, its commit and
   command, the checkpoint and step), what they were trained for (image size,
@@ -175,8 +175,8 @@ def load(name: str | os.PathLike = DEFAULT):
         names it), including a ``params.npz`` whose SHA-256 differs from the
         one recorded in ``meta.json``.
     """
-    from jfbjax.models import build_model
-    from jfbjax.training.restore import Run, blur_from_config
+    from jfbjax.builders import blur_from_config, build_model
+    from jfbjax.training.restore import Run
 
     folder = model_dir(name)
     meta = _read_json(folder / META)

@@ -34,8 +34,9 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from jfbjax.backward import IFT
+from jfbjax.builders import blur_from_config, build_model
 from jfbjax.data import load_data_from_config
-from jfbjax.models import DEGRAD, build_model
+from jfbjax.models import DEGRAD
 from jfbjax.training.checkpoints import BEST_METRIC, Checkpoints
 from jfbjax.training.classical import LABELS, evaluate_classical
 from jfbjax.training.contraction import (
@@ -49,7 +50,6 @@ from jfbjax.training.parallel import DataParallel
 from jfbjax.training.pretrain import pretrain_from_config
 from jfbjax.training.records import MetricsLog, device_info, evaluation_images, run_keys
 from jfbjax.training.reporting import format_metrics, model_label, write_figures, write_results
-from jfbjax.training.restore import blur_from_config
 from jfbjax.training.rundir import ResultsExistError, open_run_dir
 from jfbjax.training.steps import make_eval_step, make_train_step
 from jfbjax.training.train_state import create_train_state, make_optimizer, make_schedule

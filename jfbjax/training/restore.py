@@ -19,8 +19,9 @@ import jax
 import ml_collections
 from flax import nnx
 
+from jfbjax.builders import blur_from_config, build_model
 from jfbjax.imaging.blur import Blur
-from jfbjax.models import DEGRAD, FeedForward, build_model
+from jfbjax.models import DEGRAD, FeedForward
 from jfbjax.training.checkpoints import Checkpoints
 from jfbjax.training.train_state import create_train_state, make_optimizer, merge_model
 
@@ -49,21 +50,6 @@ class Run:
     step: int
     which: str
     workdir: str
-
-
-def blur_from_config(config) -> Blur:
-    """The :class:`Blur` of ``config.blur``: a Gaussian kernel of side
-    ``kernel_size`` and standard deviation ``sigma`` (pixels), applied with
-    ``boundary`` padding (``"zero"`` or ``"circular"``).
-
-    Raises:
-      ValueError: an invalid kernel size, sigma or boundary (from :class:`Blur`).
-    """
-    return Blur(
-        kernel_size=int(config.blur.kernel_size),
-        sigma=float(config.blur.sigma),
-        boundary=config.blur.boundary,
-    )
 
 
 def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:

@@ -142,9 +142,12 @@ def test_vmap_is_per_sample(solver):
     assert int(info.iterations[0]) < int(info.iterations[3])
     for i in range(4):
         z1, info1 = jfbjax.fixed_point(f, jnp.zeros(3), rates[i], b[i], solver=solver)
-        # batched and unbatched kernels round differently: allow one step either way
+        # batched and unbatched kernels round differently: allow one step either way,
+        # and the two points may differ by what the tolerance allows: each is within
+        # tol ||f(z)|| / (1 - L) of z*, L = rate + 0.1 the map's Lipschitz constant
         assert abs(int(info.iterations[i]) - int(info1.iterations)) <= 1
-        np.testing.assert_allclose(zs[i], z1, rtol=1e-5)
+        bound = 2 * solver.tol * float(jnp.linalg.norm(z1)) / (1 - float(rates[i]) - 0.1)
+        assert float(jnp.linalg.norm(zs[i] - z1)) <= bound + 1e-6
         assert float(info.residual[i]) <= solver.tol
     assert np.all(np.asarray(info.status) == jfbjax.CONVERGED)
 
