@@ -156,6 +156,12 @@ LEVERS: tuple[Lever, ...] = (
         group="combination",
     ),
     Lever(
+        "tv_pc1_e05_broyden",
+        "the same, Broyden forward solver (memory 20) instead of Anderson",
+        (*_TV_05, "model.precond=0.1", "model.start=cg", "solver.name=broyden"),
+        group="combination",
+    ),
+    Lever(
         "tv_pc1_e05_tol4",
         "the same, solved to tol 1e-4 (100 iterations at most)",
         (*_TV_05, "model.precond=0.1", "model.start=cg", "solver.tol=1e-4", "solver.max_iter=100"),

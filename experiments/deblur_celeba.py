@@ -24,6 +24,7 @@ import os
 import sys
 
 from experiments.configs import PRESETS, apply_overrides, get_config
+from jfbjax import builders
 
 __all__ = ["build_config", "init_distributed", "main", "parse_args"]
 
@@ -63,13 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data_dir", default=None, help="CelebA location (tfds data_dir or folder)")
     p.add_argument(
         "--backward",
-        choices=("jfb", "ift", "neumann", "unrolled"),
+        choices=sorted(builders.BACKWARDS),
         default=None,
         help=f"gradient of the fixed point ({_presets(lambda c: c.backward.name)})",
     )
     p.add_argument(
         "--solver",
-        choices=("anderson", "picard"),
+        choices=sorted(builders.SOLVERS),
         default=None,
         help=f"forward fixed-point solver ({_presets(lambda c: c.solver.name)})",
     )
