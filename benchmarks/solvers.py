@@ -141,30 +141,19 @@ def jfbjax_solve(f, solver, backward):
 
 
 def jaxopt_solve(f, kind: str, tol: float, max_iter: int):
+    """jaxopt's ``kind`` solver ("anderson", "fpi" or "broyden": a root finder on
+    ``f(z) - z``, unit step), vmapped over the batch; returns ``(z, iterations)``."""
     import jaxopt
 
     def solve(params, x, z0):
         def one(x, z0):
-            g = lambda z, params, x: f(z, params, x)
             if kind == "anderson":
-                s = jaxopt.AndersonAcceleration(g, history_size=5, tol=tol, maxiter=max_iter)
+                s = jaxopt.AndersonAcceleration(f, history_size=5, tol=tol, maxiter=max_iter)
+            elif kind == "broyden":
+                root = lambda z, params, x: f(z, params, x) - z
+                s = jaxopt.Broyden(root, tol=tol, maxiter=max_iter, stepsize=1.0)
             else:
-                s = jaxopt.FixedPointIteration(g, tol=tol, maxiter=max_iter)
-            out = s.run(z0, params, x)
-            return out.params, out.state.iter_num
-
-        return jax.vmap(one)(x, z0)
-
-    return solve
-
-
-def jaxopt_broyden_solve(f, tol: float, max_iter: int):
-    import jaxopt
-
-    def solve(params, x, z0):
-        def one(x, z0):
-            root = lambda z, params, x: f(z, params, x) - z
-            s = jaxopt.Broyden(root, tol=tol, maxiter=max_iter, stepsize=1.0)
+                s = jaxopt.FixedPointIteration(f, tol=tol, maxiter=max_iter)
             out = s.run(z0, params, x)
             return out.params, out.state.iter_num
 
@@ -227,7 +216,7 @@ def run_case(name, f, params, x, z0, tol, max_iter, repeat, peers, backward_max_
     if with_jaxopt:
         forwards["jaxopt_fpi"] = jaxopt_solve(f, "fpi", abs_tol, max_iter)
         forwards["jaxopt_anderson"] = jaxopt_solve(f, "anderson", abs_tol, max_iter)
-        forwards["jaxopt_broyden"] = jaxopt_broyden_solve(f, abs_tol, max_iter)
+        forwards["jaxopt_broyden"] = jaxopt_solve(f, "broyden", abs_tol, max_iter)
     if "optimistix" in peers:
         forwards["optimistix_fpi"] = optimistix_solve(f, abs_tol, max_iter)
     for key, solve in forwards.items():

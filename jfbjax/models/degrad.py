@@ -44,9 +44,11 @@ import numpy as np
 from flax import nnx
 
 import jfbjax
+from jfbjax.backward import Backward
 from jfbjax.imaging.baselines import smoothed_tv_gradient, tikhonov_cg
 from jfbjax.imaging.blur import Blur
 from jfbjax.models.dncnn import freeze_spectral_norm
+from jfbjax.solvers import Solver
 
 __all__ = ["DEGRAD", "FAMILIES", "STARTS", "DEProx", "FeedForward"]
 
@@ -54,9 +56,6 @@ __all__ = ["DEGRAD", "FAMILIES", "STARTS", "DEProx", "FeedForward"]
 FAMILIES = ("degrad", "deprox")
 #: Start points of ``config.model.start``.
 STARTS = ("adjoint", "cg")
-
-Solver = jfbjax.AbstractSolver
-Backward = jfbjax.AbstractBackward | jfbjax.Unrolled
 
 
 def _inverse_softplus(y: float) -> float:
