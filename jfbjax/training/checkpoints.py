@@ -106,6 +106,17 @@ class Checkpoints:
             return None
         return self._restore(self.latest, step, like)
 
+    def resume(self, like: TrainState) -> TrainState:
+        """:meth:`restore_latest`, for ``--resume``: raises if there is nothing to resume.
+
+        Raises:
+          FileNotFoundError: no ``latest`` checkpoint in the folder.
+        """
+        restored = self.restore_latest(like)
+        if restored is None:
+            raise FileNotFoundError(f"--resume: no checkpoint found in {self.directory}/latest")
+        return restored
+
     def restore_best(self, like: TrainState) -> TrainState | None:
         """The best checkpoint (highest ``BEST_METRIC``), laid out like ``like``; or None."""
         step = self.best.best_step()

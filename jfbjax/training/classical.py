@@ -17,7 +17,7 @@ from jfbjax.imaging.blur import Blur
 from jfbjax.training.evaluation import score
 from jfbjax.training.records import jsonable
 
-__all__ = ["LABELS", "classical_methods", "evaluate_classical"]
+__all__ = ["LABELS", "classical_methods", "evaluate_baselines", "evaluate_classical"]
 
 #: Display names of the classical methods.
 LABELS = {"wiener": "Wiener (FFT)", "tikhonov": "Tikhonov (CG)", "tv": "TV"}
@@ -70,3 +70,27 @@ def evaluate_classical(
         metrics[name] = {**score(x_test, outputs[name]), "weight": float(weight)}
         metrics[name]["tuning"] = jsonable(table)
     return metrics, outputs
+
+
+def evaluate_baselines(
+    config,
+    blur: Blur,
+    d_val: np.ndarray,
+    x_val: np.ndarray,
+    d_test: np.ndarray,
+    x_test: np.ndarray,
+) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Every baseline of a run on the test images: the blurred input ``d``,
+    the start point ``A^T d`` and :func:`evaluate_classical`'s methods.
+
+    Returns:
+      ``(metrics, outputs)``: ``metrics`` has the keys ``"blurred"``,
+      ``"adjoint"`` and one per classical method; ``outputs`` the classical
+      methods' test restorations.
+    """
+    metrics = {
+        "blurred": score(x_test, d_test),
+        "adjoint": score(x_test, np.asarray(blur.adjoint(jnp.asarray(d_test)))),
+    }
+    classical, outputs = evaluate_classical(config, blur, d_val, x_val, d_test, x_test)
+    return {**metrics, **classical}, outputs

@@ -47,6 +47,7 @@ from jfbjax.diagnostics import contraction_estimate
 __all__ = [
     "AdjointStats",
     "ContractionPenalty",
+    "alignment_from_config",
     "contraction_factors",
     "gradient_alignment_report",
     "make_contraction_eval",
@@ -290,3 +291,15 @@ def make_contraction_eval(graphdef, config, batch_size: int):
         return {"contraction_mean": float(np.mean(f)), "contraction_max": float(np.max(f))}
 
     return evaluate
+
+
+def alignment_from_config(config, model, d_test: np.ndarray, x_test: np.ndarray) -> dict | None:
+    """:func:`gradient_alignment_report` of a trained model on the first
+    ``config.contraction.align_images`` test images (default 8, at most all),
+    with ``align_cycles`` GMRES restarts (default 20); None when that is 0."""
+    c = config.get("contraction", {})
+    n = min(int(c.get("align_images", 8)), len(d_test))
+    if n <= 0:
+        return None
+    d, x = jnp.asarray(d_test[:n]), jnp.asarray(x_test[:n])
+    return gradient_alignment_report(model, d, x, cycles=int(c.get("align_cycles", 20)))

@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -38,17 +37,24 @@ from jfbjax.builders import blur_from_config, build_model
 from jfbjax.data import load_data_from_config
 from jfbjax.models import DEGRAD
 from jfbjax.training.checkpoints import BEST_METRIC, Checkpoints
-from jfbjax.training.classical import LABELS, evaluate_classical
+from jfbjax.training.classical import LABELS, evaluate_baselines
 from jfbjax.training.contraction import (
     AdjointStats,
-    gradient_alignment_report,
+    alignment_from_config,
     make_contraction_eval,
     penalty_from_config,
 )
-from jfbjax.training.evaluation import score, score_model
+from jfbjax.training.evaluation import score_model
 from jfbjax.training.parallel import DataParallel
 from jfbjax.training.pretrain import pretrain_from_config
-from jfbjax.training.records import MetricsLog, device_info, evaluation_images, run_keys
+from jfbjax.training.profiling import StepClock
+from jfbjax.training.records import (
+    MetricsLog,
+    data_record,
+    device_info,
+    evaluation_images,
+    run_keys,
+)
 from jfbjax.training.reporting import format_metrics, model_label, write_figures, write_results
 from jfbjax.training.rundir import ResultsExistError, open_run_dir
 from jfbjax.training.steps import make_eval_step, make_train_step
@@ -102,13 +108,16 @@ def _say(message: str) -> None:
     tqdm.write(message)
 
 
-def _window_record(step: int, window: list[dict], step_times: list[float]) -> dict:
-    """A ``train/*`` record: the last ``len(window)`` steps' metrics, averaged (max of maxima)."""
-    record = {"step": step}
+def _window_record(step: int, window: list[dict], clock: StepClock, adjoint_stats) -> dict:
+    """A ``train/*`` record: the last ``len(window)`` steps' metrics, averaged
+    (max of maxima), their ms per step, and the IFT adjoint's convergence so far."""
+    record = {"step": step, "train_time_s": clock.train_time()}
     for k in window[0]:
         agg = np.max if k == "max_iterations" else np.mean
         record[f"train/{k}"] = float(agg([m[k] for m in window]))
-    record["train/ms_per_step"] = 1e3 * float(np.mean(step_times[-len(window) :]))
+    record["train/ms_per_step"] = clock.ms_per_step(last=len(window))
+    if adjoint_stats is not None and adjoint_stats.total:
+        record["train/adjoint_converged"] = adjoint_stats.fraction
     return record
 
 
@@ -166,7 +175,6 @@ def train_and_evaluate(
     dp.check_batch_size(int(config.batch_size), "batch_size")
     dp.check_batch_size(int(config.eval_batch_size), "eval_batch_size")
     run_dir, config_record = open_run_dir(workdir, config, resume, say=_say)
-    main_process = jax.process_index() == 0  # the one that writes logs, figures, results
 
     # ---- data, degradation with a fixed evaluation noise draw; baselines ------
     data = load_data_from_config(config)
@@ -177,14 +185,9 @@ def train_and_evaluate(
     x_val, x_test = data.val, data.test
     d_val, d_test = evaluation_images(config, data, blur)
     t0 = time.perf_counter()
-    blurred = score(x_test, d_test)
-    adjoint = score(x_test, np.asarray(blur.adjoint(jnp.asarray(d_test))))
-    classical, classical_outputs = evaluate_classical(config, blur, d_val, x_val, d_test, x_test)
-    _say(f"test, blurred input d:  {format_metrics(blurred)}")
-    _say(f"test, A^T d:            {format_metrics(adjoint)}")
-    for name, m in classical.items():
-        _say(f"test, {LABELS[name]}, weight {m['weight']:.3g} tuned on val: {format_metrics(m)}")
+    baselines, classical_outputs = evaluate_baselines(config, blur, d_val, x_val, d_test, x_test)
     baseline_s = time.perf_counter() - t0
+    _say(_baseline_lines(baselines))
 
     # ---- model, optimiser, state ----------------------------------------------
     steps = int(config.steps)
@@ -196,7 +199,6 @@ def train_and_evaluate(
     adjoint_stats = AdjointStats() if implicit and isinstance(model.backward, IFT) else None
     if adjoint_stats is not None:
         model.backward_callback = adjoint_stats
-    schedule = make_schedule(config.optim, steps)
     tx = make_optimizer(config.optim, steps)
     graphdef, state = create_train_state(model, tx, run_keys(config)[0])
     del model
@@ -205,57 +207,41 @@ def train_and_evaluate(
     ckpts = Checkpoints(run_dir.checkpoints)
     start = 0
     if resume:
-        restored = ckpts.restore_latest(state)
-        if restored is None:
-            raise FileNotFoundError(
-                f"--resume: no checkpoint found in {run_dir.checkpoints}/latest"
-            )
-        state, start = restored, int(restored.step)
+        state = ckpts.resume(state)
+        start = int(state.step)
         _say(f"resume: continuing from the checkpoint after {start} updates")
-    _say(
-        f"model: {model_label(config)}, DnCNN {config.model.depth}x{config.model.features}, "
-        f"{num_params:,} parameters; solver {config.solver.name}, backward "
-        f"{config.backward.name}; devices: {dp.describe()}"
-    )
-    log = MetricsLog(
-        run_dir.metrics,
-        keep_until=start if resume else None,
-        tensorboard=run_dir.tensorboard if tensorboard else None,
-    )
-    time_before = log.train_time_before()  # so that a resumed run's clock continues
+    _say(f"model: {model_label(config)}, DnCNN {config.model.depth}x{config.model.features}, "
+         f"{num_params:,} parameters; solver {config.solver.name}, backward "
+         f"{config.backward.name}; devices: {dp.describe()}")  # fmt: skip
+    log = MetricsLog(run_dir.metrics, keep_until=start if resume else None,
+                     tensorboard=run_dir.tensorboard if tensorboard else None)  # fmt: skip
+    clock = StepClock(before=log.train_time_before())  # a resumed run's clock continues
     penalty = penalty_from_config(config) if implicit else None
-    train_step = make_train_step(graphdef, tx, blur, float(config.noise_std), dp, schedule, penalty)
+    schedule = make_schedule(config.optim, steps)
+    noise_std = float(config.noise_std)
+    train_step = make_train_step(graphdef, tx, blur, noise_std, dp, schedule, penalty)
     eval_step = make_eval_step(graphdef, dp)
     eval_bs = int(config.eval_batch_size)
     contraction = make_contraction_eval(graphdef, config, eval_bs) if implicit else None
 
-    def evaluate_now(state) -> tuple[dict, dict, np.ndarray]:
+    def evaluate(step: int, state) -> tuple[dict, dict, np.ndarray]:
+        """Scores val and test, logs them, keeps the best checkpoint."""
         val, _ = score_model(eval_step, state.params, state.rest, d_val, x_val, eval_bs, dp)
         test, x_hat = score_model(eval_step, state.params, state.rest, d_test, x_test, eval_bs, dp)
         if contraction is not None:
             test.update(contraction(state.params, state.rest, x_hat, d_test))
+        log.write({"step": step, "train_time_s": clock.train_time(),
+                   **{f"val/{k}": v for k, v in val.items()},
+                   **{f"test/{k}": v for k, v in test.items()}})  # fmt: skip
+        log.write_images("test/restored", x_hat[:n_fig], step)
+        ckpts.save_best(state, {BEST_METRIC: val["psnr_standard"]})
         return val, test, x_hat
-
-    def train_time() -> float:
-        # Seconds in training steps over every process that worked on this run
-        # (compilation included, evaluations not).
-        return time_before + (compile_s or 0.0) + float(np.sum(step_times))
 
     n_fig = min(int(config.num_figure_images), len(x_test))
     log.write_images("test/clean", x_test[:n_fig], start)
     log.write_images("test/blurred", d_test[:n_fig], start)
 
-    def record_eval(step: int, val: dict, test: dict, x_hat: np.ndarray) -> None:
-        record = {"step": step, "train_time_s": train_time()}
-        record.update({f"val/{k}": v for k, v in val.items()})
-        record.update({f"test/{k}": v for k, v in test.items()})
-        log.write(record)
-        log.write_images("test/restored", x_hat[:n_fig], step)
-
     # ---- training --------------------------------------------------------------
-    step_times: list[float] = []
-    compile_s = None
-    eval_s = 0.0
     window: list[dict] = []
     bar = tqdm(total=steps, initial=start, desc="train", disable=not progress,
                dynamic_ncols=True, mininterval=0.5)  # fmt: skip
@@ -267,46 +253,27 @@ def train_and_evaluate(
             t0 = time.perf_counter()
             state, metrics = train_step(state, dp.shard_batch(batch))
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            dt = time.perf_counter() - t0
-            if compile_s is None:
-                compile_s = dt
-            else:
-                step_times.append(dt)
+            clock.add_step(time.perf_counter() - t0)
             if metrics["finite"] < 1:
-                raise NonFiniteLossError(
-                    step, metrics["loss"], metrics["grad_norm"], ckpts.latest_step(),
-                    run_dir.checkpoints,
-                )  # fmt: skip
+                raise NonFiniteLossError(step, metrics["loss"], metrics["grad_norm"],
+                                         ckpts.latest_step(), run_dir.checkpoints)  # fmt: skip
             window.append(metrics)
             bar.update(1)
-            bar.set_postfix_str(
-                f"loss {metrics['loss']:.2e}  PSNR {metrics['psnr']:.2f} dB (standard)  "
-                f"iters {metrics['iterations']:.1f}",
-                refresh=False,
-            )
+            bar.set_postfix_str(_progress_line(metrics), refresh=False)
             done = step + 1
             if done % int(config.log_every) == 0 or done == steps:
-                record = _window_record(done, window, step_times)
-                if adjoint_stats is not None and adjoint_stats.total:
-                    record["train/adjoint_converged"] = adjoint_stats.fraction
-                log.write({**record, "train_time_s": train_time()})
+                log.write(_window_record(done, window, clock, adjoint_stats))
                 window = []
             if done % int(config.checkpoint_every) == 0 and done < steps:
                 ckpts.save_latest(state)
             if done % int(config.eval_every) == 0 and done < steps:
                 t0 = time.perf_counter()
-                val, test, x_hat = evaluate_now(state)
-                record_eval(done, val, test, x_hat)
-                ckpts.save_best(state, {BEST_METRIC: val["psnr_standard"]})
-                eval_s += time.perf_counter() - t0
+                val, test, _ = evaluate(done, state)
+                clock.eval_s += time.perf_counter() - t0
                 _say(_eval_line(done, val, test))
         bar.close()
-
-        # ---- final evaluation ------------------------------------------------------
-        ckpts.save_latest(state)
-        val, test, x_model = evaluate_now(state)
-        record_eval(steps, val, test, x_model)
-        ckpts.save_best(state, {BEST_METRIC: val["psnr_standard"]})
+        ckpts.save_latest(state)  # ---- final evaluation
+        val, test, x_model = evaluate(steps, state)
         best_step = ckpts.best_step()
     finally:
         bar.close()
@@ -315,77 +282,63 @@ def train_and_evaluate(
 
     if train_step.traces > 1:
         _say(f"warning: the training step was traced {train_step.traces} times (expected 1)")
-    if not main_process:
+    if jax.process_index() != 0:  # process 0 writes the figures and results
         return {"test": {"model": test}, "total_time_s": time.perf_counter() - t_begin}
-
     alignment = None
-    c = config.get("contraction", {})
-    n = min(int(c.get("align_images", 8)), len(d_test))
-    if implicit and n > 0:
+    if implicit:
         trained = nnx.merge(graphdef, *jax.device_get((state.params, state.rest)))
-        alignment = gradient_alignment_report(
-            trained,
-            jnp.asarray(d_test[:n]),
-            jnp.asarray(x_test[:n]),
-            cycles=int(c.get("align_cycles", 20)),
-        )
-        _say(_implicit_lines(test, alignment, adjoint_stats, config))
+        alignment = alignment_from_config(config, trained, d_test, x_test)
+        if alignment is not None:
+            _say(_implicit_lines(test, alignment, adjoint_stats, config))
 
     # ---- outputs -------------------------------------------------------------------
+    classical = {k: baselines[k] for k in classical_outputs}
     figures = write_figures(
         run_dir, config, log.read(), x_test=x_test, d_test=d_test, x_model=x_model,
-        blurred=blurred, classical=classical, classical_outputs=classical_outputs,
+        blurred=baselines["blurred"], classical=classical, classical_outputs=classical_outputs,
     )  # fmt: skip
-    ms_per_step = 1e3 * float(np.mean(step_times)) if step_times else None
     total_s = time.perf_counter() - t_begin
-    return write_results(
-        run_dir,
-        {
-            "config": config_record,
-            "data": {
-                "name": data.name,
-                "description": data.description,
-                "image_size": data.image_size,
-                "n_val": len(x_val),
-                "n_test": len(x_test),
-                "skipped": data.skipped,
-            },
-            "test": {"blurred": blurred, "adjoint": adjoint, **classical, "model": test},
-            "val": {"model": val},
-            "model": {
-                "name": model_label(config),
-                "num_params": num_params,
-                "best_step": best_step,
-                "pretraining": pretrain,
-            },
-            "mean_forward_iterations": test["mean_iterations"],
-            "fraction_converged": test["fraction_converged"],
-            "contraction": {
-                "test_mean": test["contraction_mean"],
-                "test_max": test["contraction_max"],
-                "power_iters": int(config.get("contraction", {}).get("eval_iters", 20)),
-            }
-            if implicit
-            else None,
-            "ift_adjoint_converged_during_training": adjoint_stats and adjoint_stats.fraction,
-            "ift_adjoint_solves_during_training": adjoint_stats and adjoint_stats.total,
-            "gradient_alignment": alignment,
-            "timing": {
-                "steps_run": steps - start,
-                "ms_per_step": ms_per_step,
-                "first_step_s": compile_s,
-                "eval_s": eval_s,
-                "baselines_s": baseline_s,
-                "total_s": total_s,
-                "train_step_traces": train_step.traces,
-            },
-            "ms_per_step": ms_per_step,
-            "total_time_s": total_s,
-            "resumed_from_step": start if resume else None,
-            "device": device_info(dp),
-            "outputs": figures,
-        },
-    )
+    model_record = {"name": model_label(config), "num_params": num_params,
+                    "best_step": best_step, "pretraining": pretrain}  # fmt: skip
+    timing = {"steps_run": steps - start, "ms_per_step": clock.ms_per_step(),
+              "first_step_s": clock.first_s, "eval_s": clock.eval_s, "baselines_s": baseline_s,
+              "total_s": total_s, "train_step_traces": train_step.traces}  # fmt: skip
+    return write_results(run_dir, {
+        "config": config_record, "data": data_record(data),
+        "test": {**baselines, "model": test}, "val": {"model": val}, "model": model_record,
+        "mean_forward_iterations": test["mean_iterations"],
+        "fraction_converged": test["fraction_converged"],
+        "contraction": _contraction_record(test, config) if implicit else None,
+        "ift_adjoint_converged_during_training": adjoint_stats and adjoint_stats.fraction,
+        "ift_adjoint_solves_during_training": adjoint_stats and adjoint_stats.total,
+        "gradient_alignment": alignment, "timing": timing,
+        "ms_per_step": timing["ms_per_step"], "total_time_s": total_s,
+        "resumed_from_step": start if resume else None,
+        "device": device_info(dp), "outputs": figures,
+    })  # fmt: skip
+
+
+def _baseline_lines(baselines: dict) -> str:
+    lines = [f"test, blurred input d:  {format_metrics(baselines['blurred'])}",
+             f"test, A^T d:            {format_metrics(baselines['adjoint'])}"]  # fmt: skip
+    for name, m in baselines.items():
+        if name in LABELS:
+            lines.append(f"test, {LABELS[name]}, weight {m['weight']:.3g} tuned on val: "
+                         f"{format_metrics(m)}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _progress_line(metrics: dict) -> str:
+    return (f"loss {metrics['loss']:.2e}  PSNR {metrics['psnr']:.2f} dB (standard)  "
+            f"iters {metrics['iterations']:.1f}")  # fmt: skip
+
+
+def _contraction_record(test: dict, config) -> dict:
+    return {
+        "test_mean": test["contraction_mean"],
+        "test_max": test["contraction_max"],
+        "power_iters": int(config.get("contraction", {}).get("eval_iters", 20)),
+    }
 
 
 def _eval_line(step: int, val: dict, test: dict) -> str:

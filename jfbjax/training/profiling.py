@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["compiled_memory", "device_peak_bytes", "time_call"]
+__all__ = ["StepClock", "compiled_memory", "device_peak_bytes", "time_call"]
 
 
 def time_call(fn: Callable, *args: Any, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
@@ -76,3 +76,33 @@ def device_peak_bytes(device: jax.Device | None = None) -> int | None:
     if not stats or "peak_bytes_in_use" not in stats:
         return None
     return int(stats["peak_bytes_in_use"])
+
+
+class StepClock:
+    """Wall time of a training loop: its first step (compilation included)
+    apart from the others, its evaluations, and the time of earlier processes
+    that worked on the same run (``before``, so a resumed run's clock goes on).
+    """
+
+    def __init__(self, before: float = 0.0):
+        self.before = float(before)
+        self.first_s: float | None = None
+        self.step_s: list[float] = []
+        self.eval_s = 0.0
+
+    def add_step(self, seconds: float) -> None:
+        """Records one training step's wall time."""
+        if self.first_s is None:
+            self.first_s = seconds
+        else:
+            self.step_s.append(seconds)
+
+    def train_time(self) -> float:
+        """Seconds in training steps over every process that worked on the run
+        (compilation included, evaluations not)."""
+        return self.before + (self.first_s or 0.0) + float(np.sum(self.step_s))
+
+    def ms_per_step(self, last: int | None = None) -> float | None:
+        """Mean milliseconds of the steps after the first (of the ``last`` ones)."""
+        times = self.step_s[-last:] if last else self.step_s
+        return 1e3 * float(np.mean(times)) if times else None

@@ -25,6 +25,7 @@ __all__ = [
     "MetricsLog",
     "config_diff",
     "config_json",
+    "data_record",
     "device_info",
     "evaluation_images",
     "jsonable",
@@ -105,6 +106,18 @@ def evaluation_images(config, data, blur: Blur) -> tuple[np.ndarray, np.ndarray]
     d_val = np.asarray(degrade(val_key, jnp.asarray(data.val), blur, noise_std))
     d_test = np.asarray(degrade(test_key, jnp.asarray(data.test), blur, noise_std))
     return d_val, d_test
+
+
+def data_record(data) -> dict:
+    """What ``results.json`` says about a run's data (a :class:`~jfbjax.data.DeblurData`)."""
+    return {
+        "name": data.name,
+        "description": data.description,
+        "image_size": data.image_size,
+        "n_val": len(data.val),
+        "n_test": len(data.test),
+        "skipped": data.skipped,
+    }
 
 
 def device_info(dp: DataParallel) -> dict:
