@@ -66,7 +66,7 @@ from experiments.configs import get_config
 #: iteration sweep (at ``image_size``); ``sizes``: image sizes of the size
 #: sweep (at ``size_iters`` iterations, modes ``size_modes``; on the CPU the
 #: size sweep leaves out GMRES and Neumann, which the iteration sweep covers).
-PRESETS = {
+SWEEP_PRESETS = {
     "cpu": dict(
         config="cpu",
         batch=4,
@@ -481,7 +481,7 @@ def plot(result: dict, path: Path) -> None:
 
 def run(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--preset", choices=sorted(SWEEP_PRESETS), default="cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     parser.add_argument(
         "--full",
@@ -528,7 +528,7 @@ def run(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    p = dict(PRESETS[args.preset])
+    p = dict(SWEEP_PRESETS[args.preset])
     config = get_config(p["config"])
     if args.quick:
         p.update(QUICK)

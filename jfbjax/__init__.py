@@ -22,7 +22,7 @@ from jfbjax.backward import (
     backward_probe,
 )
 from jfbjax.diagnostics import contraction_estimate, gradient_alignment, residual_trace
-from jfbjax.fixed_point import FixedPointError, fixed_point
+from jfbjax.fixed_point import FixedPointError, SolveRoutes, fixed_point
 from jfbjax.solvers import (
     CONVERGED,
     FALLBACK,
@@ -57,6 +57,7 @@ __all__ = [
     "Neumann",
     "Phantom",
     "Picard",
+    "SolveRoutes",
     "SolverInfo",
     "Status",
     "Unrolled",

@@ -71,9 +71,20 @@ class AbstractBackward(abc.ABC):
     Such a mode works everywhere a built-in one does: ``fixed_point``,
     ``IFT(fallback=...)``, the DE-GRAD model, and (once registered with
     :func:`jfbjax.builders.register_backward`) a config's ``backward.name``.
-    :class:`Unrolled` is the one mode that is not an adjoint: it replaces the
-    solver's ``while_loop`` by a differentiable ``scan``.
+    How ``fixed_point`` makes the solve differentiable is the mode's choice
+    too, through :meth:`differentiate`: by default the implicit route (a
+    ``custom_vjp`` whose backward pass calls :meth:`adjoint` at ``z*``);
+    :class:`Unrolled` picks the other route, reverse mode through the
+    solver's iterations, and forms no adjoint.
     """
+
+    def differentiate(self, routes):
+        """Runs the solve by one of ``fixed_point``'s two differentiable routes
+        and returns its ``(z, aux, info)``: ``routes.implicit(self)`` (the
+        default: ``z*`` from a ``custom_vjp`` whose backward is :meth:`adjoint`)
+        or ``routes.unrolled()`` (the solver's iterations, differentiated by
+        JAX). ``routes`` is a :class:`jfbjax.SolveRoutes`."""
+        return routes.implicit(self)
 
     @abc.abstractmethod
     def adjoint(self, vjp_z: VJP, v: PyTree, stats: bool = False) -> tuple[PyTree, SolverInfo]:
@@ -315,7 +326,9 @@ class IFT(AbstractBackward):
         if not isinstance(self.restart, int) or self.restart < 1:
             raise ValueError(f"restart must be an integer >= 1, got {self.restart!r}")
         _solvers._check_flag("IFT throw", self.throw)
-        if self.fallback is not None and not isinstance(self.fallback, AbstractBackward):
+        if self.fallback is not None and (
+            not isinstance(self.fallback, AbstractBackward) or isinstance(self.fallback, Unrolled)
+        ):
             raise ValueError(
                 "IFT fallback must be None or a backward mode with an adjoint: JFB(), "
                 f"Neumann(k), Phantom(k, lam), IFT(...) or another jfbjax.AbstractBackward, "
@@ -397,17 +410,28 @@ class IFT(AbstractBackward):
 
 
 @dataclasses.dataclass(frozen=True)
-class Unrolled:
+class Unrolled(AbstractBackward):
     """Backpropagate through the forward solver's iterations.
 
     The solve runs as a ``lax.scan`` over ``max_iter`` steps (the state freezes
     once it has converged), so memory grows linearly with ``max_iter``. It is
     the reference the implicit modes are measured against; with a converged
-    forward solve its gradient approaches the IFT gradient.
+    forward solve its gradient approaches the IFT gradient. It takes the
+    unrolled route of :meth:`AbstractBackward.differentiate` and forms no
+    adjoint, so it cannot be an ``IFT`` fallback.
     """
 
+    def differentiate(self, routes):
+        return routes.unrolled()
 
-Backward = AbstractBackward | Unrolled
+    def adjoint(self, vjp_z, v, stats=False):
+        raise TypeError(
+            "Unrolled forms no adjoint at z*: it differentiates through the solver's iterations "
+            "(fixed_point takes its unrolled route), so it cannot serve as an adjoint"
+        )
+
+
+Backward = AbstractBackward
 
 
 # --------------------------------------------------------------------------
@@ -561,13 +585,13 @@ def as_backward(backward: str | Backward) -> Backward:
 
     Returns:
       ``backward`` itself if it is a backward object (an
-      :class:`AbstractBackward`, built-in or a user's, or :class:`Unrolled`), else the default
+      :class:`AbstractBackward`, built-in, :class:`Unrolled` or a user's), else the default
       configuration its (case-insensitive) name selects.
 
     Raises:
       ValueError: anything else.
     """
-    if isinstance(backward, AbstractBackward | Unrolled):
+    if isinstance(backward, AbstractBackward):
         return backward
     if isinstance(backward, str) and backward.lower() in _BACKWARD_NAMES:
         return _BACKWARD_NAMES[backward.lower()]()

@@ -4,6 +4,7 @@ backward mode)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jfbjax.backward import IFT, PROBE_SIZE, Backward, Unrolled, _probe_cotangent, as_backward
+from jfbjax.backward import IFT, PROBE_SIZE, Backward, _probe_cotangent, as_backward
 from jfbjax.solvers import Solver, SolverInfo, Status, as_solver, iterate
 
 PyTree = Any
@@ -29,6 +30,24 @@ class FixedPointError(RuntimeError):
     Under ``jit`` it is raised from a host callback, so it reaches the caller
     wrapped in JAX's runtime error (``jax.errors.JaxRuntimeError``).
     """
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveRoutes:
+    """The two differentiable solves ``fixed_point`` offers a backward mode;
+    :meth:`jfbjax.AbstractBackward.differentiate` calls one. Each returns
+    ``(z, aux, info)`` (``aux`` None without ``has_aux``).
+
+    Attributes:
+      implicit: ``implicit(mode)``: the solver's ``while_loop`` under a
+        ``custom_vjp`` (a ``custom_jvp`` with ``forward_mode=True``) whose
+        derivative at ``z*`` comes from ``mode.adjoint``.
+      unrolled: ``unrolled()``: the solver's iterations as a differentiable
+        ``scan``, differentiated by JAX itself (:class:`~jfbjax.Unrolled`).
+    """
+
+    implicit: Callable
+    unrolled: Callable
 
 
 def fixed_point(
@@ -179,24 +198,23 @@ def fixed_point(
 
     main = (lambda out: out[0]) if has_aux else (lambda out: out)
 
-    if isinstance(backward, Unrolled):
+    def unrolled():  # reverse mode through the iterations themselves
         _check_output(z0, _main_output(jax.eval_shape(f, z0, *args), has_aux))
         z, info = iterate(solver, lambda z: main(f(z, *args)), z0, differentiable=True)
         if probe is not None:
             z = _tap(z, probe, jax.lax.stop_gradient(info.iterations).astype(jnp.float32))
-        aux = f(z, *args)[1] if has_aux else None
-    else:
+        return z, (f(z, *args)[1] if has_aux else None), info
+
+    def implicit(mode):  # z* under a custom_vjp (or custom_jvp) whose backward is mode's adjoint
         f_flat, hoisted, out_shape = _closure_convert(f, z0, args)
         # from the same trace: f is not traced twice
         _check_output(z0, _main_output(out_shape, has_aux))
         f_main = lambda z, a, h: main(f_flat(z, a, h))
         if forward_mode:
-            z, info = _solve_jvp(f_main, solver, backward, z0, args, hoisted)
+            z, info = _solve_jvp(f_main, solver, mode, z0, args, hoisted)
         else:
             try:
-                z, info = _solve(
-                    f_main, solver, backward, backward_callback, z0, args, hoisted, probe
-                )
+                z, info = _solve(f_main, solver, mode, backward_callback, z0, args, hoisted, probe)
             except TypeError as e:
                 if "forward-mode" not in str(e):
                     raise
@@ -205,7 +223,9 @@ def fixed_point(
                     "jax.linearize, jax.hessian) needs fixed_point(..., forward_mode=True); "
                     "the default is a custom_vjp, which JAX can only reverse-differentiate."
                 ) from e
-        aux = f_flat(z, args, hoisted)[1] if has_aux else None
+        return z, (f_flat(z, args, hoisted)[1] if has_aux else None), info
+
+    z, aux, info = backward.differentiate(SolveRoutes(implicit=implicit, unrolled=unrolled))
     info = jax.tree.map(jax.lax.stop_gradient, info)
     if throw:
         jax.debug.callback(_raise_on_failure, info.status, info.iterations, info.residual)

@@ -40,10 +40,13 @@ def load_data(
     n_train: int | None = None,
     n_val: int | None = None,
     n_test: int | None = None,
-    seed: int = 0,
     builtin_set: str = "scenes",
 ) -> DeblurData:
     """Loads clean images for deblurring as float32 (N, S, S, 3) arrays in [-1, 1].
+
+    Every source selects its held-out images deterministically; training
+    batches draw their crops from their own seed, ``train_batch(step,
+    batch_size, seed)``.
 
     Args:
       source: ``"builtin"`` (photos bundled with scikit-image, offline),
@@ -57,9 +60,6 @@ def load_data(
         parent). The built-in source ignores it.
       n_train, n_val, n_test: how many images to use (None: the source's
         defaults; for the built-in set ``n_train`` counts photos, not crops).
-      seed: reserved for sources that draw a random subset; every source here
-        selects its held-out images deterministically, and training batches take
-        their own seed in ``train_batch(step, batch_size, seed)``.
       builtin_set: the built-in set's training/validation photos
         (``"scenes"`` or ``"legacy"``, see :func:`~jfbjax.data.builtin.load_builtin`).
 
@@ -68,8 +68,6 @@ def load_data(
     """
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; choose one of {SOURCES}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
     counts = {"n_train": n_train, "n_val": n_val, "n_test": n_test}
     if source == "auto":
         found = detect_celeba(data_dir)
@@ -92,8 +90,8 @@ def load_data(
 
 
 def load_data_from_config(config) -> DeblurData:
-    """:func:`load_data` with the ``config.data`` section and ``config.seed`` of an
-    experiment configuration (see ``experiments/configs.py``)."""
+    """:func:`load_data` with the ``config.data`` section of an experiment
+    configuration (see ``experiments/configs.py``)."""
     return load_data(
         config.data.source,
         int(config.data.image_size),
@@ -101,6 +99,5 @@ def load_data_from_config(config) -> DeblurData:
         n_train=config.data.n_train,
         n_val=config.data.n_val,
         n_test=config.data.n_test,
-        seed=int(config.seed),
         builtin_set=str(config.data.get("builtin_set", "scenes")),
     )

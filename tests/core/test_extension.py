@@ -83,6 +83,39 @@ def test_classes_that_are_not_solvers_or_backward_modes_are_refused():
         type("Half", (jfbjax.AbstractSolver,), {})()
 
 
+@dataclasses.dataclass(frozen=True)
+class UnrolledOnce(jfbjax.AbstractBackward):
+    """A user's mode that takes the unrolled route (as Unrolled does) and never an adjoint."""
+
+    def differentiate(self, routes):
+        return routes.unrolled()
+
+    def adjoint(self, vjp_z, v, stats=False):
+        raise AssertionError("the unrolled route forms no adjoint")
+
+
+def test_a_backward_mode_chooses_its_route(x64):
+    w, b, _ = affine_problem()
+
+    def grad(backward, solver):
+        loss = lambda b: jfbjax.fixed_point(affine, jnp.zeros(7), w, b, solver=solver,
+                                            backward=backward)[0].sum()  # fmt: skip
+        return jax.grad(loss)(b)
+
+    solver = jfbjax.Picard(tol=0.0, max_iter=3)  # three steps from 0: dz/db = I + W + W^2
+    expected = (jnp.eye(7) + w + w @ w).T @ jnp.ones(7)
+    np.testing.assert_allclose(grad(UnrolledOnce(), solver), expected, rtol=1e-12)
+    np.testing.assert_allclose(grad(jfbjax.Unrolled(), solver), expected, rtol=1e-12)
+    # the implicit route (the default) at a converged solve: (I - W)^-T 1
+    exact = jnp.linalg.solve((jnp.eye(7) - w).T, jnp.ones(7))
+    converged = jfbjax.Anderson(tol=1e-12, max_iter=200)
+    np.testing.assert_allclose(grad(jfbjax.IFT(tol=1e-12), converged), exact, rtol=1e-8)
+    with pytest.raises(ValueError, match="fallback"):  # an unrolled mode has no adjoint to lend
+        jfbjax.IFT(fallback=jfbjax.Unrolled())
+    with pytest.raises(TypeError, match="no adjoint"):
+        jfbjax.Unrolled().adjoint(lambda u: u, jnp.ones(3))
+
+
 @pytest.fixture
 def registered():
     builders.register_solver("halfstep", lambda cfg: HalfStep(float(cfg.tol), int(cfg.max_iter)))
