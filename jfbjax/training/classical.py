@@ -73,21 +73,18 @@ def evaluate_classical(
 
 
 def evaluate_baselines(
-    config,
-    blur: Blur,
-    d_val: np.ndarray,
-    x_val: np.ndarray,
-    d_test: np.ndarray,
-    x_test: np.ndarray,
+    config, blur: Blur, val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]
 ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """Every baseline of a run on the test images: the blurred input ``d``,
     the start point ``A^T d`` and :func:`evaluate_classical`'s methods.
+    ``val`` and ``test`` are ``(degraded, clean)`` pairs of image batches.
 
     Returns:
       ``(metrics, outputs)``: ``metrics`` has the keys ``"blurred"``,
       ``"adjoint"`` and one per classical method; ``outputs`` the classical
       methods' test restorations.
     """
+    (d_val, x_val), (d_test, x_test) = val, test
     metrics = {
         "blurred": score(x_test, d_test),
         "adjoint": score(x_test, np.asarray(blur.adjoint(jnp.asarray(d_test)))),

@@ -185,7 +185,9 @@ def train_and_evaluate(
     x_val, x_test = data.val, data.test
     d_val, d_test = evaluation_images(config, data, blur)
     t0 = time.perf_counter()
-    baselines, classical_outputs = evaluate_baselines(config, blur, d_val, x_val, d_test, x_test)
+    baselines, classical_outputs = evaluate_baselines(
+        config, blur, (d_val, x_val), (d_test, x_test)
+    )
     baseline_s = time.perf_counter() - t0
     _say(_baseline_lines(baselines))
 
