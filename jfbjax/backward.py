@@ -422,9 +422,11 @@ class Unrolled(AbstractBackward):
     """
 
     def differentiate(self, routes):
+        """The unrolled route: ``routes.unrolled()``, JAX's reverse mode through the iterations."""
         return routes.unrolled()
 
     def adjoint(self, vjp_z, v, stats=False):
+        """Not defined: raises ``TypeError`` (this mode forms no adjoint at ``z*``)."""
         raise TypeError(
             "Unrolled forms no adjoint at z*: it differentiates through the solver's iterations "
             "(fixed_point takes its unrolled route), so it cannot serve as an adjoint"
