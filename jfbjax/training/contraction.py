@@ -293,13 +293,20 @@ def make_contraction_eval(graphdef, config, batch_size: int):
     return evaluate
 
 
-def alignment_from_config(config, model, d_test: np.ndarray, x_test: np.ndarray) -> dict | None:
-    """:func:`gradient_alignment_report` of a trained model on the first
+def alignment_from_config(
+    config, graphdef, state, d_test: np.ndarray, x_test: np.ndarray
+) -> dict | None:
+    """:func:`gradient_alignment_report` of a trained model (``graphdef`` and a
+    train state with ``params`` and ``rest``) on the first
     ``config.contraction.align_images`` test images (default 8, at most all),
-    with ``align_cycles`` GMRES restarts (default 20); None when that is 0."""
+    with ``align_cycles`` GMRES restarts (default 20); None when that is 0, in
+    which case the model is not built."""
+    from flax import nnx
+
     c = config.get("contraction", {})
     n = min(int(c.get("align_images", 8)), len(d_test))
     if n <= 0:
         return None
+    model = nnx.merge(graphdef, *jax.device_get((state.params, state.rest)))
     d, x = jnp.asarray(d_test[:n]), jnp.asarray(x_test[:n])
     return gradient_alignment_report(model, d, x, cycles=int(c.get("align_cycles", 20)))

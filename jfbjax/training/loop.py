@@ -220,11 +220,11 @@ def train_and_evaluate(
     clock = StepClock(before=log.train_time_before())  # a resumed run's clock continues
     penalty = penalty_from_config(config) if implicit else None
     schedule = make_schedule(config.optim, steps)
-    noise_std = float(config.noise_std)
-    train_step = make_train_step(graphdef, tx, blur, noise_std, dp, schedule, penalty)
+    train_step = make_train_step(graphdef, tx, blur, float(config.noise_std), dp, schedule, penalty)
     eval_step = make_eval_step(graphdef, dp)
     eval_bs = int(config.eval_batch_size)
     contraction = make_contraction_eval(graphdef, config, eval_bs) if implicit else None
+    n_fig = min(int(config.num_figure_images), len(x_test))
 
     def evaluate(step: int, state) -> tuple[dict, dict, np.ndarray]:
         """Scores val and test, logs them, keeps the best checkpoint."""
@@ -239,7 +239,6 @@ def train_and_evaluate(
         ckpts.save_best(state, {BEST_METRIC: val["psnr_standard"]})
         return val, test, x_hat
 
-    n_fig = min(int(config.num_figure_images), len(x_test))
     log.write_images("test/clean", x_test[:n_fig], start)
     log.write_images("test/blurred", d_test[:n_fig], start)
 
@@ -288,8 +287,7 @@ def train_and_evaluate(
         return {"test": {"model": test}, "total_time_s": time.perf_counter() - t_begin}
     alignment = None
     if implicit:
-        trained = nnx.merge(graphdef, *jax.device_get((state.params, state.rest)))
-        alignment = alignment_from_config(config, trained, d_test, x_test)
+        alignment = alignment_from_config(config, graphdef, state, d_test, x_test)
         if alignment is not None:
             _say(_implicit_lines(test, alignment, adjoint_stats, config))
 
