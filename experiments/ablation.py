@@ -167,6 +167,31 @@ LEVERS: tuple[Lever, ...] = (
         (*_TV_05, "model.precond=0.1", "model.start=cg", "solver.tol=1e-4", "solver.max_iter=100"),
         group="combination",
     ),
+    Lever(
+        "tv_pc1_e05_spec",
+        "the same, spectral penalty 1.0 max(‖J‖₂ - 0.9, 0)²",
+        (*_TV_05, "model.precond=0.1", "model.start=cg", *_SPECTRAL, "contraction.target=0.9"),
+        group="combination",
+    ),
+    Lever(
+        "tv_pc1_e05_spec10",
+        "the same, spectral penalty 1.0 max(‖J‖₂ - 0.9, 0)², 10 power iterations",
+        (
+            *_TV_05,
+            "model.precond=0.1",
+            "model.start=cg",
+            *_SPECTRAL,
+            "contraction.target=0.9",
+            "contraction.power_iters=10",
+        ),
+        group="combination",
+    ),
+    Lever(
+        "tv_pc1_e05_lr2e3",
+        "the same, learning rate 2e-3 (peak, cosine)",
+        (*_TV_05, "model.precond=0.1", "model.start=cg", "optim.lr=2e-3"),
+        group="combination",
+    ),
 )
 
 
