@@ -72,7 +72,13 @@ from jfbjax.training import (
 from jfbjax.training.classical import classical_methods, evaluate_classical
 from jfbjax.training.figures import plot_restorations
 from jfbjax.training.profiling import compiled_memory, time_call
-from jfbjax.training.records import config_diff, config_json, evaluation_images, jsonable
+from jfbjax.training.records import (
+    config_diff,
+    config_json,
+    evaluation_images,
+    jsonable,
+    read_config_record,
+)
 
 __all__ = [
     "Method",
@@ -259,9 +265,7 @@ def _train(run: LearnedRun, workdir: str, out: str, progress: bool) -> dict:
     wanted = config_json(run.config.copy_and_resolve_references())
     resume = False
     if os.path.exists(config_path):
-        with open(config_path) as f:
-            have = json.load(f)
-        if config_diff(have, wanted):
+        if config_diff(read_config_record(config_path), wanted):
             raise RunMismatchError(
                 f"{workdir} holds a run with a different configuration; "
                 f"rerun with --fresh to retrain everything in {out}, or choose another --out"

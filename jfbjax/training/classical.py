@@ -26,11 +26,12 @@ LABELS = {"wiener": "Wiener (FFT)", "tikhonov": "Tikhonov (CG)", "tv": "TV"}
 def classical_methods(config) -> dict[str, tuple]:
     """``name -> (method(d, blur, weight), weight grid)`` for ``config``.
 
-    Wiener and Tikhonov use ``config.wiener.weights``; TV uses
+    Wiener and Tikhonov (two solutions of the same problem) use
+    ``config.tikhonov.weights``; TV uses
     ``config.tv.weights`` with ``config.tv.iters`` / ``config.tv.tol`` and is
     left out when that grid is empty or the section is absent.
     """
-    grid = tuple(float(w) for w in config.wiener.weights)
+    grid = tuple(float(w) for w in config.tikhonov.weights)
     methods = {"wiener": (wiener, grid), "tikhonov": (tikhonov_cg, grid)}
     tv = config.get("tv")
     if tv is not None and len(tv.weights):
