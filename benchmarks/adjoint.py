@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 
 import jax
@@ -208,9 +209,11 @@ def run(argv=None) -> dict:
     return result
 
 
-def main(argv=None) -> dict:
-    return run(argv)
+def main(argv=None) -> int:
+    """The command line: runs :func:`run` and returns the exit status (0)."""
+    run(argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

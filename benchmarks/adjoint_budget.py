@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 
 import jax
@@ -162,7 +163,7 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="a trained DE-GRAD run folder")
     p.add_argument("--batches", type=int, default=4, help="training batches")
@@ -199,5 +200,11 @@ def main(argv=None) -> dict:
     return result
 
 
+def main(argv=None) -> int:
+    """The command line: runs :func:`run` and returns the exit status (0)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

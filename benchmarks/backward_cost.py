@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -649,9 +650,11 @@ def run(argv=None) -> dict:
     return result
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    """The command line: runs :func:`run` and returns the exit status (0)."""
     run(argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -280,9 +280,11 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    """The command line: runs :func:`run` and returns the exit status (0)."""
     run(argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

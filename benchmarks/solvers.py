@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from pathlib import Path
 
 import jax
@@ -381,7 +382,8 @@ def to_markdown(rows, meta) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
+def run(argv=None) -> dict:
+    """Runs the benchmark of ``argv`` (the flags above); returns ``{"meta", "rows"}``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     parser.add_argument("--tol", type=float, default=1e-4)
@@ -441,9 +443,17 @@ def main(argv=None):
         "command": "python -m benchmarks.solvers" + (" --quick" if args.quick else ""),
     }
     stem = f"solvers_{machine}" + ("_quick" if args.quick else "")
-    write_result(args.out, stem, {"meta": meta, "rows": rows}, to_markdown(rows, meta))
+    result = {"meta": meta, "rows": rows}
+    write_result(args.out, stem, result, to_markdown(rows, meta))
     print(f"wrote {Path(args.out) / stem}.md and .json")
+    return result
+
+
+def main(argv=None) -> int:
+    """The command line: runs :func:`run` and returns the exit status (0)."""
+    run(argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -44,6 +44,7 @@ __all__ = [
     "ablation_config",
     "baseline",
     "main",
+    "run",
     "run_ablation",
 ]
 
@@ -374,7 +375,12 @@ def run_ablation(
     return table
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
+    """The command line's work: trains and tabulates ``argv``'s levers; returns the table.
+
+    Raises ``ValueError`` for an unknown lever or override (``main`` turns
+    it into exit status 2), ``SystemExit`` for flags argparse rejects.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(
         prog="python -m experiments.ablation",
@@ -395,20 +401,27 @@ def main(argv=None) -> dict:
     p.add_argument("--progress", action="store_true", help="progress bars while training")
     args = p.parse_args(argv)
     out = args.out or os.path.join("results", f"{args.preset}_ablation")
+    return run_ablation(
+        args.preset,
+        out,
+        seeds=tuple(args.seeds),
+        levers=args.levers,
+        extra=tuple(args.set),
+        progress=args.progress,
+        skip_missing=args.skip_missing,
+        command="python -m experiments.ablation " + " ".join(argv),
+    )
+
+
+def main(argv=None) -> int:
+    """``python -m experiments.ablation``: exit status 0, or 2 with the error on stderr."""
     try:
-        return run_ablation(
-            args.preset,
-            out,
-            seeds=tuple(args.seeds),
-            levers=args.levers,
-            extra=tuple(args.set),
-            progress=args.progress,
-            skip_missing=args.skip_missing,
-            command="python -m experiments.ablation " + " ".join(argv),
-        )
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        run(argv)
+    except ValueError as e:  # also a run folder holding another configuration
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -69,10 +69,16 @@ from jfbjax.training import (
     score,
     train_and_evaluate,
 )
-from jfbjax.training.classical import classical_methods, evaluate_classical
+from jfbjax.training.classical import classical_methods, evaluate_classical, input_baselines
 from jfbjax.training.figures import plot_restorations
 from jfbjax.training.profiling import compiled_memory, time_call
-from jfbjax.training.records import config_diff, config_json, evaluation_images, jsonable
+from jfbjax.training.records import (
+    config_diff,
+    config_json,
+    evaluation_images,
+    jsonable,
+    read_config_record,
+)
 
 __all__ = [
     "Method",
@@ -81,6 +87,7 @@ __all__ = [
     "learned_runs",
     "main",
     "methods",
+    "run",
     "run_comparison",
     "select",
 ]
@@ -259,9 +266,7 @@ def _train(run: LearnedRun, workdir: str, out: str, progress: bool) -> dict:
     wanted = config_json(run.config.copy_and_resolve_references())
     resume = False
     if os.path.exists(config_path):
-        with open(config_path) as f:
-            have = json.load(f)
-        if config_diff(have, wanted):
+        if config_diff(read_config_record(config_path), wanted):
             raise RunMismatchError(
                 f"{workdir} holds a run with a different configuration; "
                 f"rerun with --fresh to retrain everything in {out}, or choose another --out"
@@ -449,13 +454,12 @@ def run_comparison(
         return 1e3 * time_call(fn, *args, repeats=repeats)["median_s"] / len(d_test)
 
     dj = jnp.asarray(d_test)
-    x_adj = np.asarray(blur.adjoint(dj))
-    for method, x_hat, fn in (
-        ("blurred", d_test, None),
-        ("adjoint", x_adj, jax.jit(blur.adjoint)),
-    ):
+    infer = {"adjoint": jax.jit(blur.adjoint)}  # the blurred input takes no time
+    for method, x_hat in input_baselines(blur, d_test).items():
         if want(method):
-            timing = {"infer_ms_per_image": time_per_image(fn, dj)} if fn else {}
+            timing = (
+                {"infer_ms_per_image": time_per_image(infer[method], dj)} if method in infer else {}
+            )
             add_row(method, [{"seed": base_seed, **score(x_test, x_hat)}], timing)
             outputs[method] = x_hat
     # The training loop's classical baselines, with the comparison's TV settings.
@@ -701,7 +705,13 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
+    """The command line's work: trains what ``argv`` asks for and returns the table.
+
+    Raises ``ValueError`` (bad overrides or methods; :class:`RunMismatchError`:
+    a run folder holding another configuration), which ``main`` turns into
+    exit status 2, and ``SystemExit`` for flags argparse rejects.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     preset = next((v for k, v in itertools.pairwise(argv) if k == "--preset"), None)
     if preset is not None and preset.endswith("_ablation"):
@@ -709,7 +719,7 @@ def main(argv=None) -> dict:
         from experiments import ablation
 
         rest = [x for x in argv if x not in ("--preset", preset)]
-        return ablation.main(["--preset", preset[: -len("_ablation")], *rest])
+        return ablation.run(["--preset", preset[: -len("_ablation")], *rest])
     args = _parse(argv)
     base = get_config(args.preset)
     if args.data is not None:
@@ -719,35 +729,36 @@ def main(argv=None) -> dict:
     if args.steps is not None:
         base.steps = args.steps
     settings = compare_settings(args.preset)
-    try:
-        apply_overrides(base, args.set)
-        apply_overrides(settings, args.compare_set)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    apply_overrides(base, args.set)
+    apply_overrides(settings, args.compare_set)
     if args.seeds is not None:
         settings.seeds = tuple(args.seeds)
+    if args.methods:
+        select(methods(settings), set(args.methods))  # unknown keys fail before anything is done
     out = args.out or os.path.join("results", args.preset)
     if args.fresh and os.path.isdir(os.path.join(out, "runs")):
         shutil.rmtree(os.path.join(out, "runs"))
-    if args.methods:
-        try:
-            select(methods(settings), set(args.methods))
-        except ValueError as e:
-            raise SystemExit(f"error: {e}") from None
     command = "python -m experiments.compare " + " ".join(argv)
+    return run_comparison(
+        base,
+        settings,
+        out,
+        wanted=args.methods,
+        progress=not args.no_progress,
+        command=command.strip(),
+        skip_missing=args.skip_missing,
+    )
+
+
+def main(argv=None) -> int:
+    """``python -m experiments.compare``: exit status 0, or 2 with the error on stderr."""
     try:
-        return run_comparison(
-            base,
-            settings,
-            out,
-            wanted=args.methods,
-            progress=not args.no_progress,
-            command=command.strip(),
-            skip_missing=args.skip_missing,
-        )
-    except RunMismatchError as e:
-        raise SystemExit(f"error: {e}") from None
+        run(argv)
+    except ValueError as e:  # RunMismatchError included
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

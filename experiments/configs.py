@@ -63,8 +63,10 @@ warm-up steps), ``grad_clip`` (global norm; 0 disables), ``weight_decay``
 ``log_every`` (steps between ``metrics.jsonl`` records), ``eval_every``
 (steps between validation/test evaluations), ``checkpoint_every`` (steps
 between "latest" checkpoints), ``eval_batch_size``, ``num_figure_images``,
-``wiener.weights`` (grid over which the weights of the Wiener (FFT) and
-Tikhonov (CG) baselines are tuned on the validation images), ``tv.weights``
+``tikhonov.weights`` (the grid of the weight ``w`` of ``||A x - d||^2 + w
+||x||^2`` tuned on the validation images, for both classical solutions of
+that problem: exact CG and the FFT (Wiener) form; called ``wiener.weights``
+before, a spelling still accepted), ``tv.weights``
 ``tv.iters`` and ``tv.tol`` (the same for total variation, run to a relative-change
 tolerance or the iteration cap; an empty grid skips TV).
 """
@@ -72,9 +74,12 @@ tolerance or the iteration cap; an empty grid skips TV).
 from __future__ import annotations
 
 import ast
+import warnings
 
 import ml_collections
 from ml_collections import config_dict
+
+from jfbjax.training.records import RENAMED_FIELDS
 
 __all__ = ["PRESETS", "apply_overrides", "compare_settings", "get_config"]
 
@@ -164,8 +169,8 @@ def _base() -> ml_collections.ConfigDict:
     c.checkpoint_every = 200
     c.num_figure_images = 4
 
-    c.wiener = ml_collections.ConfigDict()
-    c.wiener.weights = tuple(10.0**e for e in (-4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5))
+    c.tikhonov = ml_collections.ConfigDict()
+    c.tikhonov.weights = tuple(10.0**e for e in (-4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5))
     c.tv = ml_collections.ConfigDict()
     c.tv.weights = tuple(10.0**e for e in (-3.5, -3.0, -2.75, -2.5, -2.25, -2.0, -1.5))
     c.tv.iters = 3000
@@ -285,13 +290,22 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
 
     Values are parsed as Python literals where possible (``3e-4``, ``true``,
     ``none``, ``(1e-3, 1e-2)``), else kept as strings. Unknown keys and values
-    of the wrong type raise ``ValueError`` naming the key.
+    of the wrong type raise ``ValueError`` naming the key; a renamed field's
+    old spelling (:data:`~jfbjax.training.records.RENAMED_FIELDS`) sets the
+    new field, with a ``DeprecationWarning``.
     """
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value (e.g. optim.lr=3e-4)")
         key, text = item.split("=", 1)
         key = key.strip()
+        if key in RENAMED_FIELDS:
+            warnings.warn(
+                f"config field {key!r} is now called {RENAMED_FIELDS[key]!r}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            key = RENAMED_FIELDS[key]
         parent = config
         *path, leaf = key.split(".")
         for part in path:

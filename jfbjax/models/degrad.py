@@ -37,6 +37,7 @@ penalties) and a measured one (``jfbjax.contraction_estimate``).
 from __future__ import annotations
 
 import copy
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -252,8 +253,10 @@ class DEGRAD(nnx.Module):
             out = jnp.clip(out, -1.0, 1.0)
         return out.astype(x.dtype)
 
-    #: Alias of :meth:`step` (``T`` as a map, e.g. for :func:`jfbjax.contraction_estimate`).
-    map = step
+    def map(self, x: jax.Array, d: jax.Array) -> jax.Array:
+        """Deprecated spelling of :meth:`step` (the same map ``T``); use ``step``."""
+        warnings.warn("DEGRAD.map is deprecated: call DEGRAD.step", DeprecationWarning, 2)
+        return self.step(x, d)
 
     def start(self, d: jax.Array) -> jax.Array:
         """The start point: ``A^T d``, or CG iterations on the Tikhonov problem (``start="cg"``)."""
@@ -326,8 +329,6 @@ class DEProx(DEGRAD):
         if self.clamp:
             out = jnp.clip(out, -1.0, 1.0)
         return out.astype(x.dtype)
-
-    map = step
 
 
 class FeedForward(nnx.Module):

@@ -176,6 +176,7 @@ def load(name: str | os.PathLike = DEFAULT):
         one recorded in ``meta.json``.
     """
     from jfbjax.builders import blur_from_config, build_model
+    from jfbjax.training.records import upgrade_config_record
     from jfbjax.training.restore import Run
 
     folder = model_dir(name)
@@ -190,7 +191,7 @@ def load(name: str | os.PathLike = DEFAULT):
             f"{meta.get('params_sha256')} (re-export it with `python -m "
             "experiments.export_pretrained`, or reinstall the package)"
         )
-    config = ml_collections.ConfigDict(_read_json(folder / CONFIG))
+    config = ml_collections.ConfigDict(upgrade_config_record(_read_json(folder / CONFIG)))
     blur = blur_from_config(config)
     model = load_state(build_model(config, blur, nnx.Rngs(0)), params)
     source = meta.get("source", {})

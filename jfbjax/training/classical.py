@@ -17,7 +17,13 @@ from jfbjax.imaging.blur import Blur
 from jfbjax.training.evaluation import score
 from jfbjax.training.records import jsonable
 
-__all__ = ["LABELS", "classical_methods", "evaluate_baselines", "evaluate_classical"]
+__all__ = [
+    "LABELS",
+    "classical_methods",
+    "evaluate_baselines",
+    "evaluate_classical",
+    "input_baselines",
+]
 
 #: Display names of the classical methods.
 LABELS = {"wiener": "Wiener (FFT)", "tikhonov": "Tikhonov (CG)", "tv": "TV"}
@@ -26,11 +32,12 @@ LABELS = {"wiener": "Wiener (FFT)", "tikhonov": "Tikhonov (CG)", "tv": "TV"}
 def classical_methods(config) -> dict[str, tuple]:
     """``name -> (method(d, blur, weight), weight grid)`` for ``config``.
 
-    Wiener and Tikhonov use ``config.wiener.weights``; TV uses
+    Wiener and Tikhonov (two solutions of the same problem) use
+    ``config.tikhonov.weights``; TV uses
     ``config.tv.weights`` with ``config.tv.iters`` / ``config.tv.tol`` and is
     left out when that grid is empty or the section is absent.
     """
-    grid = tuple(float(w) for w in config.wiener.weights)
+    grid = tuple(float(w) for w in config.tikhonov.weights)
     methods = {"wiener": (wiener, grid), "tikhonov": (tikhonov_cg, grid)}
     tv = config.get("tv")
     if tv is not None and len(tv.weights):
@@ -85,9 +92,13 @@ def evaluate_baselines(
       methods' test restorations.
     """
     (d_val, x_val), (d_test, x_test) = val, test
-    metrics = {
-        "blurred": score(x_test, d_test),
-        "adjoint": score(x_test, np.asarray(blur.adjoint(jnp.asarray(d_test)))),
-    }
+    inputs = input_baselines(blur, d_test)
+    metrics = {name: score(x_test, x) for name, x in inputs.items()}
     classical, outputs = evaluate_classical(config, blur, d_val, x_val, d_test, x_test)
     return {**metrics, **classical}, outputs
+
+
+def input_baselines(blur: Blur, d: np.ndarray) -> dict[str, np.ndarray]:
+    """The two restorations that need no weight: ``"blurred"`` (``d`` itself) and
+    ``"adjoint"`` (``A^T d``, DE-GRAD's default start point)."""
+    return {"blurred": np.asarray(d), "adjoint": np.asarray(blur.adjoint(jnp.asarray(d)))}

@@ -22,6 +22,7 @@ from jfbjax.imaging.noise import degrade
 from jfbjax.training.parallel import DataParallel
 
 __all__ = [
+    "RENAMED_FIELDS",
     "MetricsLog",
     "config_diff",
     "config_json",
@@ -29,8 +30,10 @@ __all__ = [
     "device_info",
     "evaluation_images",
     "jsonable",
+    "read_config_record",
     "read_tensorboard",
     "run_keys",
+    "upgrade_config_record",
     "write_json",
 ]
 
@@ -71,6 +74,51 @@ def config_json(config: ml_collections.ConfigDict) -> dict:
     the same configuration when these dicts are equal (:func:`config_diff`).
     """
     return jsonable(json.loads(config.to_json_best_effort()))
+
+
+#: Config fields renamed since runs were first recorded: old dotted key -> new one.
+#: :func:`upgrade_config_record` reads old ``config.json`` files with them, and
+#: ``experiments.configs.apply_overrides`` accepts the old spelling.
+RENAMED_FIELDS: dict[str, str] = {"wiener.weights": "tikhonov.weights"}
+
+
+def upgrade_config_record(record: dict) -> dict:
+    """A ``config.json`` record with the :data:`RENAMED_FIELDS` spelt as now (a new dict).
+
+    A run folder written before a rename compares equal to the same
+    configuration written after it (:func:`config_diff`), and restores.
+    A section left empty by the move is dropped; ``record`` is unchanged.
+    """
+    out = json.loads(json.dumps(record))
+    for old, new in RENAMED_FIELDS.items():
+        *old_path, old_leaf = old.split(".")
+        parent = out
+        for part in old_path:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or old_leaf not in parent:
+            continue
+        value = parent.pop(old_leaf)
+        if not parent and old_path:
+            _pop_path(out, old_path)
+        *new_path, new_leaf = new.split(".")
+        target = out
+        for part in new_path:
+            target = target.setdefault(part, {})
+        target.setdefault(new_leaf, value)
+    return out
+
+
+def _pop_path(record: dict, path: list[str]) -> None:
+    parent = record
+    for part in path[:-1]:
+        parent = parent[part]
+    parent.pop(path[-1])
+
+
+def read_config_record(path: str) -> dict:
+    """A run's ``config.json`` as a dict, upgraded by :func:`upgrade_config_record`."""
+    with open(path) as f:
+        return upgrade_config_record(json.load(f))
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:

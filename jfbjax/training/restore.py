@@ -23,6 +23,7 @@ from jfbjax.builders import blur_from_config, build_model
 from jfbjax.imaging.blur import Blur
 from jfbjax.models import DEGRAD, FeedForward
 from jfbjax.training.checkpoints import Checkpoints
+from jfbjax.training.records import read_config_record
 from jfbjax.training.train_state import create_train_state, make_optimizer, merge_model
 
 __all__ = ["Run", "blur_from_config", "load_run"]
@@ -81,8 +82,7 @@ def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
             f"`python -m experiments.deblur_celeba --out {workdir}`)"
         )
     try:
-        with open(config_path) as f:
-            config = ml_collections.ConfigDict(json.load(f))
+        config = ml_collections.ConfigDict(read_config_record(config_path))
     except (json.JSONDecodeError, TypeError) as e:
         raise ValueError(f"{config_path} is not a valid configuration: {e}") from None
     ckpt_dir = os.path.join(workdir, "checkpoints")

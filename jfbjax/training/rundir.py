@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
 
-from jfbjax.training.records import config_diff, config_json, write_json
+from jfbjax.training.records import config_diff, config_json, read_config_record, write_json
 
 __all__ = ["ResultsExistError", "RunDir", "open_run_dir"]
 
@@ -91,8 +90,7 @@ def open_run_dir(workdir, config, resume: bool, say=print) -> tuple[RunDir, dict
         )
     record = config_json(config)
     if resume and os.path.exists(run_dir.config):
-        with open(run_dir.config) as f:
-            changed = config_diff(json.load(f), record)
+        changed = config_diff(read_config_record(run_dir.config), record)
         if changed:
             say(
                 "resume: the configuration differs from the checkpointed run's; the result "

@@ -69,11 +69,11 @@ def test_adjoint_budget_counts_converged_solves(result, tmp_path):
 
     workdir, _, _ = result
     argv = ["--run", str(workdir), "--batches", "1", "--fwd_tol", "1e-3", "--out", str(tmp_path)]
-    res = adjoint_budget.main([*argv, "--adjoint", "anderson:1", "anderson:40"])
+    res = adjoint_budget.run([*argv, "--adjoint", "anderson:1", "anderson:40"])
     few, many = res["rows"]
     batch = load_run(workdir).config.batch_size
     assert few["total"] == many["total"] == batch  # one adjoint solve per sample
     assert few["converged"] <= many["converged"] and 0 < many["contraction_max"] < 1.5
     assert "anderson (40 iterations)" in (tmp_path / "adjoint_budget_cpu.md").read_text()
     with pytest.raises(SystemExit):
-        adjoint_budget.main(["--run", str(workdir), "--adjoint", "nope:3"])
+        adjoint_budget.run(["--run", str(workdir), "--adjoint", "nope:3"])

@@ -8,8 +8,8 @@ from benchmarks import solvers
 
 
 def test_quick_benchmark_writes_tables(tmp_path):
-    solvers.main(["--quick", "--no_peers", "--repeat", "1", "--max_iter", "100",
-                  "--out", str(tmp_path)])  # fmt: skip
+    assert solvers.main(["--quick", "--no_peers", "--repeat", "1", "--max_iter", "100",
+                         "--out", str(tmp_path)]) == 0  # fmt: skip
     (md,) = tmp_path.glob("solvers_*_quick.md")
     (js,) = tmp_path.glob("solvers_*_quick.json")
     rows = json.loads(js.read_text())["rows"]

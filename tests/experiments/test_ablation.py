@@ -34,7 +34,7 @@ def test_smoke_ablation_end_to_end(tmp_path):
     out = tmp_path / "abl"
     argv = ["--preset", "smoke_ablation", "--out", str(out), "--seeds", "0"]
     argv += ["--set", "steps=2", "--set", "optim.warmup=1"]
-    table = compare.main([*argv, "--levers", "base", "spectral"])
+    table = compare.run([*argv, "--levers", "base", "spectral"])
     rows = {r["key"]: r for r in table["rows"]}
     assert set(rows) == {"base", "spectral"}
     for r in rows.values():
@@ -48,8 +48,9 @@ def test_smoke_ablation_end_to_end(tmp_path):
     with open(out / "runs" / "spectral" / "seed0" / "config.json") as f:
         assert json.load(f)["contraction"]["spectral_weight"] == 1.0
     # A second call reuses the finished runs; --skip_missing tabulates without training.
-    again = ablation.main([*argv[2:], "--preset", "smoke", "--skip_missing"])
+    again = ablation.run([*argv[2:], "--preset", "smoke", "--skip_missing"])
     assert [r["key"] for r in again["rows"]] == ["base", "spectral"]
     assert os.path.exists(out / "table.json")
-    with pytest.raises(SystemExit, match="unknown levers"):
-        ablation.main(["--preset", "smoke", "--out", str(out), "--levers", "nope"])
+    with pytest.raises(ValueError, match="unknown levers"):
+        ablation.run(["--preset", "smoke", "--out", str(out), "--levers", "nope"])
+    assert ablation.main(["--preset", "smoke", "--out", str(out), "--levers", "nope"]) == 2

@@ -66,8 +66,8 @@ def test_registry_selects_methods_and_what_they_need():
         compare.select(registry, {"nope"})
     runs = compare.learned_runs(get_config("cpu"), settings, {"jfb_pretrained"})
     assert [r.method for r in runs] == ["feedforward", "jfb_pretrained"] * 2  # two seeds
-    with pytest.raises(SystemExit, match="unknown method"):
-        compare.main(["--preset", "smoke", "--methods", "nope"])
+    with pytest.raises(ValueError, match="unknown method"):
+        compare.run(["--preset", "smoke", "--methods", "nope"])
 
 
 def test_aggregate_over_seeds():
@@ -92,7 +92,7 @@ def smoke(tmp_path_factory):
     # The comparison tunes TV itself; the training runs need neither their own TV
     # baseline nor the GMRES gradient-alignment report (tested in tests/training).
     argv += ["--set", "tv.weights=()", "--set", "contraction.align_images=0"]
-    table = compare.main(argv)
+    table = compare.run(argv)
     return out, argv, table
 
 
@@ -141,11 +141,11 @@ def test_rerun_reuses_runs_and_refuses_a_changed_config(smoke):
     out, argv, _ = smoke
     results = out / "runs" / "jfb" / "seed0" / "results.json"
     before = os.path.getmtime(results)
-    table = compare.main([*argv, "--methods", "jfb", "tikhonov"])
+    table = compare.run([*argv, "--methods", "jfb", "tikhonov"])
     assert [r["method"] for r in table["rows"]] == ["tikhonov", "jfb"]
     assert os.path.getmtime(results) == before  # not retrained
-    with pytest.raises(SystemExit, match="different configuration"):
-        compare.main([*argv, "--methods", "jfb", "--set", "optim.lr=0.5"])
+    with pytest.raises(compare.RunMismatchError, match="different configuration"):
+        compare.run([*argv, "--methods", "jfb", "--set", "optim.lr=0.5"])
 
 
 def test_a_run_record_without_checkpoints_is_trained_again(smoke, tmp_path):
@@ -154,9 +154,9 @@ def test_a_run_record_without_checkpoints_is_trained_again(smoke, tmp_path):
     argv = [a if a != str(out) else str(tmp_path) for a in argv]
     shutil.copytree(out / "runs" / "jfb", tmp_path / "runs" / "jfb")
     shutil.rmtree(tmp_path / "runs" / "jfb" / "seed0" / "checkpoints")
-    skipped = compare.main([*argv, "--skip_missing", "--methods", "jfb"])
+    skipped = compare.run([*argv, "--skip_missing", "--methods", "jfb"])
     assert skipped["rows"] == []  # not measurable: no checkpoint
-    table = compare.main([*argv, "--methods", "jfb"])
+    table = compare.run([*argv, "--methods", "jfb"])
     assert [r["method"] for r in table["rows"]] == ["jfb"]
     assert (tmp_path / "runs" / "jfb" / "seed0" / "checkpoints" / "latest").is_dir()
 
@@ -164,13 +164,16 @@ def test_a_run_record_without_checkpoints_is_trained_again(smoke, tmp_path):
 def test_skip_missing_tabulates_only_finished_runs(smoke, tmp_path):
     out, argv, _ = smoke
     argv = [a if a != str(out) else str(tmp_path) for a in argv]
-    table = compare.main([*argv, "--skip_missing", "--methods", "wiener", "jfb"])
+    table = compare.run([*argv, "--skip_missing", "--methods", "wiener", "jfb"])
     assert [r["method"] for r in table["rows"]] == ["wiener"]  # nothing trained in tmp_path
     assert not (tmp_path / "runs").exists()
 
 
-def test_bad_overrides_fail_cleanly(tmp_path):
-    with pytest.raises(SystemExit, match="unknown config field"):
-        compare.main(["--preset", "smoke", "--out", str(tmp_path), "--set", "nope=1"])
-    with pytest.raises(SystemExit, match="unknown config field"):
-        compare.main(["--preset", "smoke", "--out", str(tmp_path), "--compare_set", "nope=1"])
+def test_bad_overrides_fail_cleanly(tmp_path, capsys):
+    # The command line: exit status 2 and the reason on stderr, nothing trained.
+    for flag in ("--set", "--compare_set"):
+        assert compare.main(["--preset", "smoke", "--out", str(tmp_path), flag, "nope=1"]) == 2
+        assert "error: unknown config field 'nope'" in capsys.readouterr().err
+    assert compare.main(["--preset", "smoke", "--methods", "nope"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

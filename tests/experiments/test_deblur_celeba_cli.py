@@ -13,6 +13,12 @@ import pytest
 
 from experiments import deblur_celeba
 from experiments.configs import PRESETS, apply_overrides, get_config
+from jfbjax.training.records import (
+    config_diff,
+    config_json,
+    read_config_record,
+    upgrade_config_record,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -178,14 +184,29 @@ def test_flags_map_onto_the_config():
             "--set",
             "model.clamp=true",
             "--set",
-            "wiener.weights=(0.1, 0.2)",
+            "tikhonov.weights=(0.1, 0.2)",
         ]
     )
     c = deblur_celeba.build_config(args)
     assert (c.data.source, c.backward.name, c.solver.name) == ("builtin", "ift", "picard")
     assert (c.steps, c.batch_size, c.data.image_size, c.seed) == (7, 2, 24, 3)
     assert c.data.data_dir == "/x" and c.optim.lr == 3e-4 and c.model.clamp is True
-    assert tuple(c.wiener.weights) == (0.1, 0.2)
+    assert tuple(c.tikhonov.weights) == (0.1, 0.2)
+
+
+def test_a_renamed_field_keeps_its_old_spelling_in_overrides_and_run_records(tmp_path):
+    c = get_config("smoke")
+    with pytest.deprecated_call(match="tikhonov.weights"):
+        apply_overrides(c, ["wiener.weights=(0.1, 0.2)"])
+    assert tuple(c.tikhonov.weights) == (0.1, 0.2) and "wiener" not in c
+    # A config.json written before the rename reads as the same configuration.
+    new = config_json(get_config("smoke"))
+    old = json.loads(json.dumps(new))
+    old["wiener"] = {"weights": old.pop("tikhonov")["weights"]}
+    assert config_diff(upgrade_config_record(old), new) == []
+    assert "wiener" in old  # the record itself is left as it was
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert read_config_record(str(tmp_path / "config.json")) == new
 
 
 def test_presets():
