@@ -52,6 +52,7 @@ from experiments.configs import PRESETS, apply_overrides, compare_settings, get_
 from jfbjax.builders import solver_from_config
 from jfbjax.data import load_data_from_config
 from jfbjax.imaging.baselines import tv_deblur
+from jfbjax.imaging.blur import Blur
 from jfbjax.imaging.metrics import psnr
 from jfbjax.imaging.noise import degrade
 from jfbjax.models import pnp_pgd
@@ -391,6 +392,182 @@ def _machine() -> str:
 # The comparison
 
 
+@dataclasses.dataclass(frozen=True)
+class _Images:
+    """What every method of one comparison is scored and timed on.
+
+    ``val`` and ``test`` are ``(degraded, clean)`` pairs, the very images
+    ``train_and_evaluate`` scores a seed-``base_seed`` run with; ``x_timing``
+    is the training batch train steps are timed on.
+    """
+
+    blur: Blur
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    x_timing: np.ndarray
+    repeats: int
+    eval_batch: int
+    base_seed: int
+
+    def ms_per_test_image(self, fn, *args) -> float:
+        """Median milliseconds of the compiled ``fn(*args)``, per test image."""
+        return 1e3 * time_call(fn, *args, repeats=self.repeats)["median_s"] / len(self.test[0])
+
+
+def _classical_rows(
+    base, settings, images: _Images, want
+) -> list[tuple[str, dict, dict, np.ndarray]]:
+    """``(method, record, extra, test restoration)`` of the input and classical methods
+    asked for: the training loop's baselines, with the comparison's TV settings."""
+    blur, (d_test, x_test) = images.blur, images.test
+    dj = jnp.asarray(d_test)
+    out = []
+    infer = {"adjoint": jax.jit(blur.adjoint)}  # the blurred input takes no time
+    for method, x_hat in input_baselines(blur, d_test).items():
+        if want(method):
+            extra = {}
+            if method in infer:
+                extra["infer_ms_per_image"] = images.ms_per_test_image(infer[method], dj)
+            out.append((method, {"seed": images.base_seed, **score(x_test, x_hat)}, extra, x_hat))
+    config = base.copy_and_resolve_references()
+    config.tv.weights = tuple(settings.tv_weights)
+    config.tv.iters, config.tv.tol = int(settings.tv_iters), float(settings.tv_tol)
+    for method, (fn, grid) in classical_methods(config).items():
+        if not want(method):
+            continue
+        t0 = time.perf_counter()
+        metrics, restored = evaluate_classical(
+            config, blur, *images.val, *images.test, {method: (fn, grid)}
+        )
+        tuning_s = time.perf_counter() - t0
+        weight = metrics[method]["weight"]
+        w = jnp.asarray(weight, jnp.float32)
+        extra = {
+            "weight": weight,
+            "tuning": metrics[method]["tuning"],
+            "tuning_s": tuning_s,
+            "infer_ms_per_image": images.ms_per_test_image(
+                jax.jit(lambda d, w, fn=fn: fn(d, blur, w)), dj, w
+            ),
+        }
+        if method == "tv":
+            _, iters = jax.jit(
+                lambda d, w: tv_deblur(d, blur, w, config.tv.iters, config.tv.tol, True)
+            )(dj, w)
+            extra["mean_iterations"] = float(iters)
+        if weight in (grid[0], grid[-1]):
+            _say(f"warning: {method}'s best weight {weight:g} is at the edge of its grid")
+        x_hat = restored[method]
+        out.append((method, {"seed": images.base_seed, **score(x_test, x_hat)}, extra, x_hat))
+    return out
+
+
+@dataclasses.dataclass
+class _Learned:
+    """The trained methods' measurements: per-seed records, seed-``base_seed`` test
+    restorations and PSNR-vs-time curves, and the denoisers PnP will use."""
+
+    per_method: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
+    outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    curves: dict[str, list] = dataclasses.field(default_factory=dict)
+    denoisers: dict[int, list[tuple[float, str]]] = dataclasses.field(default_factory=dict)
+
+
+def _learned_rows(runs, out, images: _Images, by_key, want, progress, skip_missing) -> _Learned:
+    """Trains (or reuses) every run and measures the ones shown."""
+    learned = _Learned()
+    d_test, x_test = images.test
+    dp = DataParallel.create()
+    for run in runs:
+        workdir = os.path.join(out, "runs", run.method, f"seed{run.seed}")
+        if skip_missing and not _complete(workdir):
+            _say(f"skipping {run.method} (seed {run.seed}): not trained yet")
+            continue
+        results = _train(run, workdir, out, progress)
+        if by_key[run.method].kind == "denoiser":
+            sigma = float(run.config.noise_std)
+            learned.denoisers.setdefault(run.seed, []).append((sigma, workdir))
+            continue
+        if not want(run.method):
+            continue
+        trained = load_run(workdir, which="latest")
+        graphdef, params, rest = nnx.split(trained.model, nnx.Param, ...)
+        eval_step = make_eval_step(graphdef, dp)
+        x_hat, iterations, status = predict(eval_step, params, rest, d_test, images.eval_batch, dp)
+        train_s, curve = _training_time(workdir)
+        record = {
+            "seed": run.seed,
+            **score(x_test, x_hat),
+            "mean_iterations": float(np.mean(iterations)),
+            "fraction_converged": float(np.mean(status == int(jfbjax.CONVERGED))),
+            "num_params": int(results["model"]["num_params"]),
+            "loop_ms_per_step": results["timing"]["ms_per_step"],
+            "training_time_s": train_s,
+            **_implicit_record(results),
+            **_measure_learned(trained, images.x_timing, images.eval_batch, images.repeats),
+        }
+        learned.per_method.setdefault(run.method, []).append(record)
+        if run.seed == images.base_seed:
+            learned.outputs[run.method] = x_hat
+            learned.curves[by_key[run.method].label] = curve
+        _say(f"{by_key[run.method].label} (seed {run.seed}): {_line(record)}")
+    return learned
+
+
+def _pnp_rows(denoisers, base, settings, images: _Images) -> tuple[list[dict], np.ndarray | None]:
+    """PnP with each seed's trained denoisers: per-seed records and the seed-``base_seed``
+    test restoration."""
+    per_seed, x_base = [], None
+    for seed, found in sorted(denoisers.items()):
+        record, x_hat = _pnp(found, base, settings, images.blur, *images.val, *images.test,
+                             images.repeats)  # fmt: skip
+        record["seed"] = seed
+        record["training_time_s"] = sum(_training_time(w)[0] or 0.0 for _, w in found)
+        per_seed.append(record)
+        if seed == images.base_seed:
+            x_base = x_hat
+        _say(f"PnP (seed {seed}): {_line(record)}")
+    return per_seed, x_base
+
+
+def _header(base, settings, blur: Blur, data, n_test: int, command: str) -> dict:
+    return {
+        "preset": base.get("preset", "?"),
+        "command": command,
+        "machine": _machine(),
+        "jax": jax.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "data": data.description,
+        "blur": f"{blur.kernel_size}x{blur.kernel_size} Gaussian std {blur.sigma:g}, "
+        f"{blur.boundary} boundary",
+        "noise_std": float(base.noise_std),
+        "n_test": n_test,
+        "steps": int(base.steps),
+        "batch_size": int(base.batch_size),
+        "seeds": list(settings.seeds),
+        "solver": f"{base.solver.name} (tol {base.solver.tol:g}, max {base.solver.max_iter})",
+    }
+
+
+def _write_outputs(out: str, table: dict, curves: dict, columns: dict, x_clean) -> None:
+    """``table.json``, ``table.md``, ``psnr_vs_time.png`` and ``restorations.png``
+    (``columns``: short name -> one restored test image, ``x_clean`` its clean image)."""
+    rows = {r["method"]: r for r in table["rows"]}
+    with open(os.path.join(out, "table.json"), "w") as f:
+        json.dump(jsonable(table), f, indent=2)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table_markdown(table["rows"], table["header"]))
+    references = {rows[m]["label"]: rows[m]["psnr_standard"] for m in ("tikhonov", "tv", "pnp")
+                  if m in rows}  # fmt: skip
+    plot_psnr_vs_time(curves, references, os.path.join(out, "psnr_vs_time.png"))
+    per_image = {
+        name: np.asarray(psnr(jnp.asarray(v), jnp.asarray(x_clean))) for name, v in columns.items()
+    }
+    plot_restorations({"clean": x_clean, **columns}, os.path.join(out, "restorations.png"),
+                      per_image)  # fmt: skip
+    _say(f"wrote {os.path.join(out, 'table.md')}, table.json, restorations.png, psnr_vs_time.png")
+
+
 def run_comparison(
     base: ml_collections.ConfigDict,
     settings: ml_collections.ConfigDict,
@@ -419,16 +596,18 @@ def run_comparison(
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     blur = blur_from_config(base)
-    noise_std = float(base.noise_std)
-    base_seed = int(base.seed)
     data = load_data_from_config(base)
     _say(f"data: {data.description}")
-    # The images train_and_evaluate scores with, so seed-`base_seed` runs see these very ones.
-    x_val, x_test = data.val, data.test
     d_val, d_test = evaluation_images(base, data, blur)
-    x_timing = data.train_batch(0, int(base.batch_size), base_seed)
-    repeats = int(settings.timing_repeats)
-    eval_bs = int(base.eval_batch_size)
+    images = _Images(
+        blur=blur,
+        val=(d_val, data.val),
+        test=(d_test, data.test),
+        x_timing=data.train_batch(0, int(base.batch_size), int(base.seed)),
+        repeats=int(settings.timing_repeats),
+        eval_batch=int(base.eval_batch_size),
+        base_seed=int(base.seed),
+    )
     registry = methods(settings)
     shown, _ = select(registry, set(wanted) if wanted else None)
     by_key = {m.key: m for m in registry}
@@ -437,168 +616,42 @@ def run_comparison(
     def want(method: str) -> bool:
         return method in shown_keys
 
-    rows: dict[str, dict] = {}
-    outputs: dict[str, np.ndarray] = {}  # seed-`base_seed` restorations of the test images
-
-    def add_row(method: str, per_seed: list[dict], extra: dict | None = None):
-        row = aggregate(per_seed)
-        row.update(method=method, label=by_key[method].label, **(extra or {}))
-        conv = row.get("ift_adjoint_converged")
-        if conv is not None and conv < TRUNCATED_ADJOINT:
-            row["label"] += f" (truncated adjoint: {100 * conv:.0f}% of solves converged)"
-        row["per_seed"] = per_seed
-        rows[method] = row
-
-    # ---- classical methods ----------------------------------------------------
-    def time_per_image(fn, *args):
-        return 1e3 * time_call(fn, *args, repeats=repeats)["median_s"] / len(d_test)
-
-    dj = jnp.asarray(d_test)
-    infer = {"adjoint": jax.jit(blur.adjoint)}  # the blurred input takes no time
-    for method, x_hat in input_baselines(blur, d_test).items():
-        if want(method):
-            timing = (
-                {"infer_ms_per_image": time_per_image(infer[method], dj)} if method in infer else {}
-            )
-            add_row(method, [{"seed": base_seed, **score(x_test, x_hat)}], timing)
-            outputs[method] = x_hat
-    # The training loop's classical baselines, with the comparison's TV settings.
-    classical_cfg = base.copy_and_resolve_references()
-    classical_cfg.tv.weights = tuple(settings.tv_weights)
-    classical_cfg.tv.iters, classical_cfg.tv.tol = int(settings.tv_iters), float(settings.tv_tol)
-    for method, (fn, grid) in classical_methods(classical_cfg).items():
-        if not want(method):
-            continue
-        t0 = time.perf_counter()
-        metrics, restored = evaluate_classical(
-            classical_cfg, blur, d_val, x_val, d_test, x_test, {method: (fn, grid)}
-        )
-        tuning_s = time.perf_counter() - t0
-        weight, x_hat = metrics[method]["weight"], restored[method]
-        jitted = jax.jit(lambda d, w, fn=fn: fn(d, blur, w))
-        w = jnp.asarray(weight, jnp.float32)
-        extra = {
-            "weight": weight,
-            "tuning": metrics[method]["tuning"],
-            "tuning_s": tuning_s,
-            "infer_ms_per_image": time_per_image(jitted, dj, w),
-        }
-        if method == "tv":
-            _, iters = jax.jit(
-                lambda d, w: tv_deblur(
-                    d, blur, w, int(settings.tv_iters), float(settings.tv_tol), True
-                )
-            )(dj, w)
-            extra["mean_iterations"] = float(iters)
-        if weight in (grid[0], grid[-1]):
-            _say(f"warning: {method}'s best weight {weight:g} is at the edge of its grid")
-        add_row(method, [{"seed": base_seed, **score(x_test, x_hat)}], extra)
-        outputs[method] = x_hat
-        _say(f"{by_key[method].label}: weight {weight:.3g}, {_line(rows[method])}")
-
-    # ---- learned methods ------------------------------------------------------
+    per_method, extras, outputs = {}, {}, {}
+    for method, record, extra, x_hat in _classical_rows(base, settings, images, want):
+        per_method[method], extras[method], outputs[method] = [record], extra, x_hat
+        weight = f"weight {extra['weight']:.3g}, " if "weight" in extra else ""
+        _say(f"{by_key[method].label}: {weight}{_line(record)}")
     runs = learned_runs(base, settings, set(wanted) if wanted else None)
-    per_method: dict[str, list[dict]] = {}
-    curves: dict[str, list] = {}
-    denoisers: dict[int, list[tuple[float, str]]] = {}
-    dp = DataParallel.create()
-    for run in runs:
-        workdir = os.path.join(out, "runs", run.method, f"seed{run.seed}")
-        if skip_missing and not _complete(workdir):
-            _say(f"skipping {run.method} (seed {run.seed}): not trained yet")
-            continue
-        results = _train(run, workdir, out, progress)
-        if by_key[run.method].kind == "denoiser":
-            sigma = float(run.config.noise_std)
-            denoisers.setdefault(run.seed, []).append((sigma, workdir))
-            continue
-        if not want(run.method):
-            continue
-        trained = load_run(workdir, which="latest")
-        graphdef, params, rest = nnx.split(trained.model, nnx.Param, ...)
-        eval_step = make_eval_step(graphdef, dp)
-        x_hat, iterations, status = predict(eval_step, params, rest, d_test, eval_bs, dp)
-        train_s, curve = _training_time(workdir)
-        record = {
-            "seed": run.seed,
-            **score(x_test, x_hat),
-            "mean_iterations": float(np.mean(iterations)),
-            "fraction_converged": float(np.mean(status == int(jfbjax.CONVERGED))),
-            "num_params": int(results["model"]["num_params"]),
-            "loop_ms_per_step": results["timing"]["ms_per_step"],
-            "training_time_s": train_s,
-            **_implicit_record(results),
-            **_measure_learned(trained, x_timing, eval_bs, repeats),
-        }
-        per_method.setdefault(run.method, []).append(record)
-        if run.seed == base_seed:
-            outputs[run.method] = x_hat
-            curves[by_key[run.method].label] = curve
-        _say(f"{by_key[run.method].label} (seed {run.seed}): {_line(record)}")
+    learned = _learned_rows(runs, out, images, by_key, want, progress, skip_missing)
+    per_method.update(learned.per_method)
+    outputs.update(learned.outputs)
+    if want("pnp") and learned.denoisers:
+        per_method["pnp"], x_pnp = _pnp_rows(learned.denoisers, base, settings, images)
+        if x_pnp is not None:
+            outputs["pnp"] = x_pnp
 
-    # ---- plug-and-play with the trained denoisers ----------------------------
-    if want("pnp") and denoisers:
-        per_seed = []
-        for seed, found in sorted(denoisers.items()):
-            record, x_hat = _pnp(found, base, settings, blur, d_val, x_val, d_test, x_test, repeats)
-            record["seed"] = seed
-            record["training_time_s"] = sum(
-                _training_time(w)[0] or 0.0 for _, w in found
-            )  # all of its denoisers
-            per_seed.append(record)
-            if seed == base_seed:
-                outputs["pnp"] = x_hat
-            _say(f"PnP (seed {seed}): {_line(record)}")
-        per_method["pnp"] = per_seed
-
-    order = [m.key for m in shown if m.key in per_method or m.key in rows]
-    for method in order:
-        if method in per_method:
-            add_row(method, per_method[method])
-    ordered = [rows[m] for m in order if m in rows]
-
-    # ---- outputs ----------------------------------------------------------------
-    header = {
-        "preset": base.get("preset", "?"),
-        "command": command,
-        "machine": _machine(),
-        "jax": jax.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "data": data.description,
-        "blur": f"{blur.kernel_size}x{blur.kernel_size} Gaussian std {blur.sigma:g}, "
-        f"{blur.boundary} boundary",
-        "noise_std": noise_std,
-        "n_test": len(x_test),
-        "steps": int(base.steps),
-        "batch_size": int(base.batch_size),
-        "seeds": list(settings.seeds),
-        "solver": f"{base.solver.name} (tol {base.solver.tol:g}, max {base.solver.max_iter})",
+    order = [m.key for m in shown if m.key in per_method]
+    table = {
+        "header": _header(base, settings, blur, data, len(data.test), command),
+        "settings": settings.to_dict(),
+        "rows": [_row(by_key[m], per_method[m], extras.get(m)) for m in order],
     }
-    table = {"header": header, "settings": settings.to_dict(), "rows": ordered}
-    with open(os.path.join(out, "table.json"), "w") as f:
-        json.dump(jsonable(table), f, indent=2)
-    with open(os.path.join(out, "table.md"), "w") as f:
-        f.write(table_markdown(ordered, header))
-    plot_psnr_vs_time(
-        curves,
-        {
-            rows[m]["label"]: rows[m]["psnr_standard"]
-            for m in ("tikhonov", "tv", "pnp")
-            if m in rows
-        },
-        os.path.join(out, "psnr_vs_time.png"),
-    )
     i = 0  # one test image, restored by every method
-    columns = {"clean": x_test[i : i + 1]}
-    columns.update({by_key[m].short: outputs[m][i : i + 1] for m in order if m in outputs})
-    per_image = {
-        name: np.asarray(psnr(jnp.asarray(v), jnp.asarray(x_test[i : i + 1])))
-        for name, v in columns.items()
-        if name != "clean"
-    }
-    plot_restorations(columns, os.path.join(out, "restorations.png"), per_image)
-    _say(f"wrote {os.path.join(out, 'table.md')}, table.json, restorations.png, psnr_vs_time.png")
+    columns = {by_key[m].short: outputs[m][i : i + 1] for m in order if m in outputs}
+    _write_outputs(out, table, learned.curves, columns, data.test[i : i + 1])
     return table
+
+
+def _row(method: Method, per_seed: list[dict], extra: dict | None = None) -> dict:
+    """One table row: the seeds' mean (``aggregate``), labelled; an IFT row whose
+    adjoints mostly failed says so in its label."""
+    row = aggregate(per_seed)
+    row.update(method=method.key, label=method.label, **(extra or {}))
+    conv = row.get("ift_adjoint_converged")
+    if conv is not None and conv < TRUNCATED_ADJOINT:
+        row["label"] += f" (truncated adjoint: {100 * conv:.0f}% of solves converged)"
+    row["per_seed"] = per_seed
+    return row
 
 
 def _line(m: dict) -> str:

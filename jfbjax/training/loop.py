@@ -22,6 +22,7 @@ statistics, contraction and gradient alignment, timings, devices);
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -58,7 +60,12 @@ from jfbjax.training.records import (
 from jfbjax.training.reporting import format_metrics, model_label, write_figures, write_results
 from jfbjax.training.rundir import ResultsExistError, open_run_dir
 from jfbjax.training.steps import make_eval_step, make_train_step
-from jfbjax.training.train_state import create_train_state, make_optimizer, make_schedule
+from jfbjax.training.train_state import (
+    TrainState,
+    create_train_state,
+    make_optimizer,
+    make_schedule,
+)
 
 __all__ = ["NonFiniteLossError", "ResultsExistError", "train_and_evaluate"]
 
@@ -193,28 +200,10 @@ def train_and_evaluate(
 
     # ---- model, optimiser, state ----------------------------------------------
     steps = int(config.steps)
-    model = build_model(config, blur, nnx.Rngs(int(config.seed)))
-    if init_hook is not None:
-        init_hook(model)
-    pretrain = None if resume else pretrain_from_config(config, model, data, say=_say)
-    implicit = isinstance(model, DEGRAD)
-    adjoint_stats = AdjointStats() if implicit and isinstance(model.backward, IFT) else None
-    if adjoint_stats is not None:
-        model.backward_callback = adjoint_stats
-    tx = make_optimizer(config.optim, steps)
-    graphdef, state = create_train_state(model, tx, run_keys(config)[0])
-    del model
-    num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
-    state = dp.replicate(state)
     ckpts = Checkpoints(run_dir.checkpoints)
-    start = 0
-    if resume:
-        state = ckpts.resume(state)
-        start = int(state.step)
-        _say(f"resume: continuing from the checkpoint after {start} updates")
-    _say(f"model: {model_label(config)}, DnCNN {config.model.depth}x{config.model.features}, "
-         f"{num_params:,} parameters; solver {config.solver.name}, backward "
-         f"{config.backward.name}; devices: {dp.describe()}")  # fmt: skip
+    setup = _initial_state(config, blur, data, dp, ckpts, resume, init_hook)
+    graphdef, state, start, tx = setup.graphdef, setup.state, setup.start, setup.tx
+    implicit, adjoint_stats = setup.implicit, setup.adjoint_stats
     log = MetricsLog(run_dir.metrics, keep_until=start if resume else None,
                      tensorboard=run_dir.tensorboard if tensorboard else None)  # fmt: skip
     clock = StepClock(before=log.train_time_before())  # a resumed run's clock continues
@@ -298,8 +287,8 @@ def train_and_evaluate(
         blurred=baselines["blurred"], classical=classical, classical_outputs=classical_outputs,
     )  # fmt: skip
     total_s = time.perf_counter() - t_begin
-    model_record = {"name": model_label(config), "num_params": num_params,
-                    "best_step": best_step, "pretraining": pretrain}  # fmt: skip
+    model_record = {"name": model_label(config), "num_params": setup.num_params,
+                    "best_step": best_step, "pretraining": setup.pretrain}  # fmt: skip
     timing = {"steps_run": steps - start, "ms_per_step": clock.ms_per_step(),
               "first_step_s": clock.first_s, "eval_s": clock.eval_s, "baselines_s": baseline_s,
               "total_s": total_s, "train_step_traces": train_step.traces}  # fmt: skip
@@ -316,6 +305,46 @@ def train_and_evaluate(
         "resumed_from_step": start if resume else None,
         "device": device_info(dp), "outputs": figures,
     })  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """The state a run starts from (:func:`_initial_state`)."""
+
+    graphdef: nnx.GraphDef
+    state: TrainState  # replicated over the devices
+    tx: optax.GradientTransformation
+    start: int  # updates already done (a resumed run's checkpoint step)
+    num_params: int
+    implicit: bool  # a DE-GRAD-family model (solve, contraction, alignment)
+    adjoint_stats: AdjointStats | None  # IFT runs: the adjoint solves' convergence
+    pretrain: dict | None  # the denoiser pretraining's record
+
+
+def _initial_state(config, blur, data, dp, ckpts, resume, init_hook) -> _Setup:
+    """Builds the model (``init_hook``, then denoiser pretraining unless resuming),
+    the optimiser and the replicated train state, restored from ``ckpts`` on resume."""
+    model = build_model(config, blur, nnx.Rngs(int(config.seed)))
+    if init_hook is not None:
+        init_hook(model)
+    pretrain = None if resume else pretrain_from_config(config, model, data, say=_say)
+    implicit = isinstance(model, DEGRAD)
+    adjoint_stats = AdjointStats() if implicit and isinstance(model.backward, IFT) else None
+    if adjoint_stats is not None:
+        model.backward_callback = adjoint_stats
+    tx = make_optimizer(config.optim, int(config.steps))
+    graphdef, state = create_train_state(model, tx, run_keys(config)[0])
+    num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
+    state = dp.replicate(state)
+    start = 0
+    if resume:
+        state = ckpts.resume(state)
+        start = int(state.step)
+        _say(f"resume: continuing from the checkpoint after {start} updates")
+    _say(f"model: {model_label(config)}, DnCNN {config.model.depth}x{config.model.features}, "
+         f"{num_params:,} parameters; solver {config.solver.name}, backward "
+         f"{config.backward.name}; devices: {dp.describe()}")  # fmt: skip
+    return _Setup(graphdef, state, tx, start, num_params, implicit, adjoint_stats, pretrain)
 
 
 def _baseline_lines(baselines: dict) -> str:

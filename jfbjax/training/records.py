@@ -116,7 +116,13 @@ def _pop_path(record: dict, path: list[str]) -> None:
 
 
 def read_config_record(path: str) -> dict:
-    """A run's ``config.json`` as a dict, upgraded by :func:`upgrade_config_record`."""
+    """A run's ``config.json`` at ``path`` as a dict, with renamed fields spelt as now.
+
+    Every reader of a stored configuration (resume checks, the comparison's
+    reuse check, :func:`~jfbjax.training.restore.load_run`) goes through
+    :func:`upgrade_config_record` this way, so an old run folder still reads.
+    Raises ``FileNotFoundError`` and ``json.JSONDecodeError`` as ``json.load`` does.
+    """
     with open(path) as f:
         return upgrade_config_record(json.load(f))
 
