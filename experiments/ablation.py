@@ -188,6 +188,12 @@ LEVERS: tuple[Lever, ...] = (
         group="combination",
     ),
     Lever(
+        "tv_pc25_e02",
+        "smoothed-TV term (eps 0.02) + preconditioner mu 0.25, CG start",
+        ("model.tv_weight=1e-3", "model.tv_eps=0.02", "model.precond=0.25", "model.start=cg"),
+        group="combination",
+    ),
+    Lever(
         "tv_pc1_e05_lr2e3",
         "the same, learning rate 2e-3 (peak, cosine)",
         (*_TV_05, "model.precond=0.1", "model.start=cg", "optim.lr=2e-3"),
