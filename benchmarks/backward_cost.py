@@ -59,7 +59,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import jfbjax
-from benchmarks.common import markdown_table, run_meta, write_result
+from benchmarks.common import exit_status, markdown_table, run_meta, write_result
 from benchmarks.harness import MODES, Bench, backward_mode, build, fixed_solver
 from experiments.configs import get_config
 
@@ -650,10 +650,8 @@ def run(argv=None) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    """The command line: runs :func:`run` and returns the exit status (0)."""
-    run(argv)
-    return 0
+#: The command line: runs :func:`run` and returns the exit status (0).
+main = exit_status(run)
 
 
 if __name__ == "__main__":

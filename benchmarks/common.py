@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import jax
@@ -19,11 +19,24 @@ import jax
 __all__ = [
     "command_line",
     "device_description",
+    "exit_status",
     "machine_name",
     "markdown_table",
     "run_meta",
     "write_result",
 ]
+
+
+def exit_status(run: Callable[[Sequence[str] | None], object]) -> Callable[..., int]:
+    """A benchmark's ``main(argv=None) -> int`` from its ``run(argv)``: runs it and
+    returns 0 (bad flags exit through argparse with status 2, other errors raise)."""
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        run(argv)
+        return 0
+
+    main.__doc__ = f"The command line of ``{run.__module__}``: :func:`run`, then exit status 0."
+    return main
 
 
 def machine_name() -> str:

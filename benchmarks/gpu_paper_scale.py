@@ -44,7 +44,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import jfbjax
-from benchmarks.common import run_meta, write_result
+from benchmarks.common import exit_status, run_meta, write_result
 from benchmarks.harness import Bench, backward_mode, build, fixed_solver
 from experiments.configs import get_config
 from jfbjax.builders import solver_from_config
@@ -280,10 +280,8 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    """The command line: runs :func:`run` and returns the exit status (0)."""
-    run(argv)
-    return 0
+#: The command line: runs :func:`run` and returns the exit status (0).
+main = exit_status(run)
 
 
 if __name__ == "__main__":

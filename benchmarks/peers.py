@@ -65,7 +65,7 @@ import optax
 from flax import nnx
 
 import jfbjax
-from benchmarks.common import run_meta, write_result
+from benchmarks.common import exit_status, run_meta, write_result
 from benchmarks.harness import Bench, images
 from experiments.configs import get_config
 from jfbjax.imaging.noise import degrade
@@ -573,10 +573,8 @@ def run(argv=None) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    """The command line: runs :func:`run` and returns the exit status (0)."""
-    run(argv)
-    return 0
+#: The command line: runs :func:`run` and returns the exit status (0).
+main = exit_status(run)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from benchmarks.common import markdown_table, run_meta, write_result
+from benchmarks.common import exit_status, markdown_table, run_meta, write_result
 from jfbjax.data.loader import load_data_from_config
 from jfbjax.models import freeze_spectral_norm
 from jfbjax.solvers import Anderson, iterate
@@ -133,10 +133,8 @@ def run(argv=None) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    """The command line: runs :func:`run` and returns the exit status (0)."""
-    run(argv)
-    return 0
+#: The command line: runs :func:`run` and returns the exit status (0).
+main = exit_status(run)
 
 
 if __name__ == "__main__":

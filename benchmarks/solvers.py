@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jfbjax
-from benchmarks.common import device_description, machine_name, write_result
+from benchmarks.common import device_description, exit_status, machine_name, write_result
 from jfbjax.training.profiling import time_call
 
 
@@ -449,10 +449,8 @@ def run(argv=None) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    """The command line: runs :func:`run` and returns the exit status (0)."""
-    run(argv)
-    return 0
+#: The command line: runs :func:`run` and returns the exit status (0).
+main = exit_status(run)
 
 
 if __name__ == "__main__":
