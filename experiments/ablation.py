@@ -199,6 +199,36 @@ LEVERS: tuple[Lever, ...] = (
         (*_TV_05, "model.precond=0.1", "model.start=cg", "optim.lr=2e-3"),
         group="combination",
     ),
+    Lever(
+        "tv_pc1_e05_tik5",
+        "the same, Tikhonov term 0.005 x in R",
+        (*_TV_05, "model.precond=0.1", "model.start=cg", "model.tikhonov=0.005"),
+        group="combination",
+    ),
+    Lever(
+        "tv_pc1_e05_tik10",
+        "the same, Tikhonov term 0.01 x in R",
+        (*_TV_05, "model.precond=0.1", "model.start=cg", "model.tikhonov=0.01"),
+        group="combination",
+    ),
+    Lever(
+        "tv_pc1_e05_s400",
+        "the same, 400 training steps instead of 250",
+        (*_TV_05, "model.precond=0.1", "model.start=cg", "steps=400"),
+        group="combination",
+    ),
+    Lever(
+        "tv_pc1_e05_w48",
+        "the same, R 48 features wide instead of 32",
+        (*_TV_05, "model.precond=0.1", "model.start=cg", "model.features=48"),
+        group="combination",
+    ),
+    Lever(
+        "tv_pc1_e05_d9",
+        "the same, R 9 layers deep instead of 6",
+        (*_TV_05, "model.precond=0.1", "model.start=cg", "model.depth=9"),
+        group="combination",
+    ),
 )
 
 
