@@ -108,6 +108,8 @@ _SPECTRAL = ("contraction.spectral_weight=1.0",)
 _TV = ("model.tv_weight=1e-3", "model.tv_eps=0.1")
 _TV_05 = ("model.tv_weight=1e-3", "model.tv_eps=0.05")
 _PC = ("model.precond=0.05",)
+#: The eps-0.05 / mu-0.1 map (the cpu default until 2026-12-03), base of the "the same" rows.
+_PC1_E05 = (*_TV_05, "model.precond=0.1", "model.start=cg")
 
 LEVERS: tuple[Lever, ...] = (
     Lever("base", "baseline: DE-GRAD from A^T d (the paper's map)"),
@@ -159,28 +161,26 @@ LEVERS: tuple[Lever, ...] = (
     Lever(
         "tv_pc1_e05_broyden",
         "the same, Broyden forward solver (memory 20) instead of Anderson",
-        (*_TV_05, "model.precond=0.1", "model.start=cg", "solver.name=broyden"),
+        (*_PC1_E05, "solver.name=broyden"),
         group="combination",
     ),
     Lever(
         "tv_pc1_e05_tol4",
         "the same, solved to tol 1e-4 (100 iterations at most)",
-        (*_TV_05, "model.precond=0.1", "model.start=cg", "solver.tol=1e-4", "solver.max_iter=100"),
+        (*_PC1_E05, "solver.tol=1e-4", "solver.max_iter=100"),
         group="combination",
     ),
     Lever(
         "tv_pc1_e05_spec",
         "the same, spectral penalty 1.0 max(‖J‖₂ - 0.9, 0)²",
-        (*_TV_05, "model.precond=0.1", "model.start=cg", *_SPECTRAL, "contraction.target=0.9"),
+        (*_PC1_E05, *_SPECTRAL, "contraction.target=0.9"),
         group="combination",
     ),
     Lever(
         "tv_pc1_e05_spec10",
         "the same, spectral penalty 1.0 max(‖J‖₂ - 0.9, 0)², 10 power iterations",
         (
-            *_TV_05,
-            "model.precond=0.1",
-            "model.start=cg",
+            *_PC1_E05,
             *_SPECTRAL,
             "contraction.target=0.9",
             "contraction.power_iters=10",
@@ -188,45 +188,45 @@ LEVERS: tuple[Lever, ...] = (
         group="combination",
     ),
     Lever(
-        "tv_pc25_e02",
-        "smoothed-TV term (eps 0.02) + preconditioner mu 0.25, CG start",
-        ("model.tv_weight=1e-3", "model.tv_eps=0.02", "model.precond=0.25", "model.start=cg"),
-        group="combination",
-    ),
-    Lever(
         "tv_pc1_e05_lr2e3",
         "the same, learning rate 2e-3 (peak, cosine)",
-        (*_TV_05, "model.precond=0.1", "model.start=cg", "optim.lr=2e-3"),
+        (*_PC1_E05, "optim.lr=2e-3"),
         group="combination",
     ),
     Lever(
         "tv_pc1_e05_tik5",
         "the same, Tikhonov term 0.005 x in R",
-        (*_TV_05, "model.precond=0.1", "model.start=cg", "model.tikhonov=0.005"),
+        (*_PC1_E05, "model.tikhonov=0.005"),
         group="combination",
     ),
     Lever(
         "tv_pc1_e05_tik10",
         "the same, Tikhonov term 0.01 x in R",
-        (*_TV_05, "model.precond=0.1", "model.start=cg", "model.tikhonov=0.01"),
+        (*_PC1_E05, "model.tikhonov=0.01"),
         group="combination",
     ),
     Lever(
         "tv_pc1_e05_s400",
         "the same, 400 training steps instead of 250",
-        (*_TV_05, "model.precond=0.1", "model.start=cg", "steps=400"),
+        (*_PC1_E05, "steps=400"),
         group="combination",
     ),
     Lever(
         "tv_pc1_e05_w48",
         "the same, R 48 features wide instead of 32",
-        (*_TV_05, "model.precond=0.1", "model.start=cg", "model.features=48"),
+        (*_PC1_E05, "model.features=48"),
         group="combination",
     ),
     Lever(
         "tv_pc1_e05_d9",
         "the same, R 9 layers deep instead of 6",
-        (*_TV_05, "model.precond=0.1", "model.start=cg", "model.depth=9"),
+        (*_PC1_E05, "model.depth=9"),
+        group="combination",
+    ),
+    Lever(
+        "tv_pc25_e02",
+        "smoothed-TV term (eps 0.02) + preconditioner mu 0.25, CG start",
+        ("model.tv_weight=1e-3", "model.tv_eps=0.02", "model.precond=0.25", "model.start=cg"),
         group="combination",
     ),
 )
