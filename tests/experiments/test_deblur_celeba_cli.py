@@ -26,7 +26,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def _run(args, cwd, timeout=240):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([REPO, *filter(None, [env.get("PYTHONPATH")])])
-    env.pop("XLA_FLAGS", None)
+    # One CPU device per process (no device-count flag), compiled as in this process
+    # (tests/conftest.py) so that the compilation cache serves both.
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
     return subprocess.run(
         [sys.executable, "-m", "experiments.deblur_celeba", *args],
         cwd=cwd,

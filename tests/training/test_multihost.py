@@ -60,7 +60,9 @@ def _free_port() -> int:
 def _launch(argv_for, logdir, timeout=240) -> list[tuple[int, str]]:
     """Runs the two processes ``argv_for(0)``, ``argv_for(1)``; returns (exit code, output)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    # One CPU device per process (no device-count flag), compiled as in this process
+    # (tests/conftest.py) so that the compilation cache serves both.
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
     logs = [open(os.path.join(logdir, f"process{i}.log"), "w+") for i in range(2)]
     procs = [
         subprocess.Popen(argv_for(i), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
