@@ -7,6 +7,13 @@ gloo. The first launch is killed right after its step-2 checkpoint (an
 ``python -m experiments.deblur_celeba --multihost --resume`` then finishes
 the run. It must end with the parameters of one process that trained on the
 whole batch without interruption, with one set of checkpoints and records.
+
+Marked slow (four process launches, about a minute and a half of a 2-core CI
+machine): run it with ``pytest --runslow``. Its parts are covered in CI by
+cheaper tests: gradients averaged over sharded devices
+(tests/training/test_data_parallel.py, four devices in one process) and a
+killed run resumed to the uninterrupted result
+(tests/training/test_training_loop.py).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import textwrap
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from jfbjax.training import load_run
@@ -86,6 +94,7 @@ def _params(workdir):
     return jax.tree.leaves(jax.device_get(state))
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_resume_after_a_kill(tmp_path, tiny_run):
     out = str(tmp_path / "two")
     coordinator = f"127.0.0.1:{_free_port()}"
