@@ -164,7 +164,13 @@ def train_and_evaluate(
         False, only ``metrics.jsonl``.
 
     Returns:
-      The results dict that is also written to ``workdir/results.json``.
+      The results dict that is also written to ``workdir/results.json``. Its
+      ``timing`` says where the wall time went, in seconds: ``baselines_s``
+      (classical methods tuned and scored), ``first_step_s`` (the first
+      training step, compilation included), ``ms_per_step`` (mean of the
+      steps), ``eval_s`` (the evaluations during training), ``final_eval_s``,
+      ``alignment_s`` (the JFB/IFT gradient-alignment report), ``figures_s``
+      and ``total_s``.
 
     Raises:
       NonFiniteLossError: a training step produced a non-finite loss or
@@ -263,7 +269,9 @@ def train_and_evaluate(
                 _say(_eval_line(done, val, test))
         bar.close()
         ckpts.save_latest(state)  # ---- final evaluation
+        t0 = time.perf_counter()
         val, test, x_model = evaluate(steps, state)
+        final_eval_s = time.perf_counter() - t0
         best_step = ckpts.best_step()
     finally:
         bar.close()
@@ -275,22 +283,28 @@ def train_and_evaluate(
     if jax.process_index() != 0:  # process 0 writes the figures and results
         return {"test": {"model": test}, "total_time_s": time.perf_counter() - t_begin}
     alignment = None
+    t0 = time.perf_counter()
     if implicit:
         alignment = alignment_from_config(config, graphdef, state, d_test, x_test)
         if alignment is not None:
             _say(_implicit_lines(test, alignment, adjoint_stats, config))
 
+    alignment_s = time.perf_counter() - t0
+
     # ---- outputs -------------------------------------------------------------------
+    t0 = time.perf_counter()
     classical = {k: baselines[k] for k in classical_outputs}
     figures = write_figures(
         run_dir, config, log.read(), x_test=x_test, d_test=d_test, x_model=x_model,
         blurred=baselines["blurred"], classical=classical, classical_outputs=classical_outputs,
     )  # fmt: skip
+    figures_s = time.perf_counter() - t0
     total_s = time.perf_counter() - t_begin
     model_record = {"name": model_label(config), "num_params": setup.num_params,
                     "best_step": best_step, "pretraining": setup.pretrain}  # fmt: skip
     timing = {"steps_run": steps - start, "ms_per_step": clock.ms_per_step(),
               "first_step_s": clock.first_s, "eval_s": clock.eval_s, "baselines_s": baseline_s,
+              "final_eval_s": final_eval_s, "alignment_s": alignment_s, "figures_s": figures_s,
               "total_s": total_s, "train_step_traces": train_step.traces}  # fmt: skip
     return write_results(run_dir, {
         "config": config_record, "data": data_record(data),

@@ -71,6 +71,11 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert results["mean_forward_iterations"] >= 1
     assert results["ms_per_step"] > 0 and results["total_time_s"] > 0
     assert results["timing"]["train_step_traces"] == 1
+    # Where the wall time went: the parts are measured separately and fit in the total.
+    t = results["timing"]
+    parts = ("baselines_s", "eval_s", "final_eval_s", "alignment_s", "figures_s")
+    assert all(t[k] >= 0 for k in parts) and t["alignment_s"] > 0  # the smoke run aligns
+    assert sum(t[k] for k in parts) + t["steps_run"] * t["ms_per_step"] / 1e3 <= t["total_s"]
     assert results["device"]["num_devices"] >= 1 and results["device"]["platform"] == "cpu"
     assert results["config"]["preset"] == "smoke" and results["config"]["steps"] == 20
     assert results["psnr_conventions"]["paper"].startswith("-10 log10(MSE)")
