@@ -88,6 +88,33 @@ def test_adjoint_when_the_kernel_is_larger_than_the_image(x64, boundary):
     np.testing.assert_allclose(at, a.T, atol=1e-14)
 
 
+@pytest.mark.parametrize("kernel_size", [5, 4, 9])
+def test_zero_boundary_banded_and_shifted_copies_equal_the_direct_correlation(
+    x64, kernel_size, monkeypatch
+):
+    """Axes up to BANDED_MAX pixels are blurred by banded matrices, longer ones by
+    shifted copies: both equal the 2-D correlation with h under zero padding."""
+    from jfbjax.imaging import blur as blur_module
+
+    blur = Blur(kernel_size=kernel_size, sigma=1.7)
+    x, y = _normal(5, (2, 7, 10, 3)), _normal(6, (2, 7, 10, 3))
+    h, lo = blur.kernel, (kernel_size - 1) // 2
+    xp = np.pad(
+        np.asarray(x), ((0, 0), (lo, kernel_size - 1 - lo), (lo, kernel_size - 1 - lo), (0, 0))
+    )
+    direct = sum(h[k, m] * xp[:, k : k + 7, m : m + 10] for k in range(kernel_size)
+                 for m in range(kernel_size))  # fmt: skip
+    banded = (blur.apply(x), blur.adjoint(y))
+    assert "dot_general" in str(jax.make_jaxpr(blur.apply)(x))
+    monkeypatch.setattr(blur_module, "BANDED_MAX", 0)  # every axis by shifted copies
+    shifted = (blur.apply(x), blur.adjoint(y))
+    assert "dot_general" not in str(jax.make_jaxpr(blur.apply)(x))
+    np.testing.assert_allclose(banded[0], direct, atol=1e-13)
+    np.testing.assert_allclose(shifted[0], direct, atol=1e-13)
+    np.testing.assert_allclose(banded[1], shifted[1], atol=1e-13)
+    np.testing.assert_allclose(jnp.vdot(banded[0], y), jnp.vdot(x, banded[1]), rtol=1e-12)
+
+
 @pytest.mark.parametrize("boundary", ["zero", "circular"])
 def test_delta_kernels_are_the_identity(boundary):
     x = _normal(4, (2, 6, 7, 3), jnp.float32)

@@ -1,0 +1,137 @@
+"""The zero-boundary blur's two implementations, side by side in one run.
+
+Usage::
+
+    python -m benchmarks.blur_ops            # -> benchmarks/results/blur_ops_<machine>.{md,json}
+    python -m benchmarks.blur_ops --quick    # tiny sizes (used by the tests)
+
+:class:`jfbjax.imaging.Blur` (zero boundary) applies its separable Gaussian
+one image axis at a time, as a banded matrix product for axes of up to
+``jfbjax.imaging.blur.BANDED_MAX`` pixels and as a sum of shifted, weighted
+copies beyond. This script times both on the same inputs, for the
+operations a DE-GRAD step uses: one ``A^T A``, the preconditioner
+``P ~ (A^T A + mu I)^-1`` (``iters`` chained applications of ``A^T A``),
+and the whole step ``T(x; d)`` of the ``cpu`` preset's untrained model
+(DnCNN regulariser, smoothed-TV term, preconditioner) at each image size.
+Times are medians of jitted calls; compare the two columns of one row, not
+rows across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from benchmarks.common import exit_status, markdown_table, run_meta, write_result
+from jfbjax.imaging import blur as blur_module
+from jfbjax.training.profiling import time_call
+
+METHODS = ("banded", "shifted")
+
+
+def _ops(size: int, batch: int, precond_iters: int):
+    """``name -> (fn, args)`` of the timed operations at one image size."""
+    from experiments.configs import get_config
+    from jfbjax.builders import blur_from_config, build_model
+    from jfbjax.models.dncnn import freeze_spectral_norm
+
+    config = get_config("cpu")
+    blur = blur_from_config(config)
+    model = freeze_spectral_norm(build_model(config, blur, nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    rng = np.random.default_rng(0)
+    x = jax.numpy.asarray(rng.normal(size=(batch, size, size, 3)) * 0.3, jax.numpy.float32)
+    d = blur.apply(x)
+    mu = float(config.model.precond)
+    return {
+        "A^T A": (blur.normal, (x,)),
+        f"P, {precond_iters} x A^T A": (
+            lambda v: blur.normal_inverse_approx(v, mu, precond_iters),
+            (x,),
+        ),
+        "T(x; d), cpu preset": (lambda s, v, w: nnx.merge(graphdef, s).step(v, w), (state, x, d)),
+    }
+
+
+def measure(sizes, batch: int, precond_iters: int, repeats: int) -> list[dict]:
+    """One row per (size, operation): median ms of each method, and their ratio."""
+    rows = []
+    banded_max = blur_module.BANDED_MAX
+    for size in sizes:
+        for name, (fn, args) in _ops(size, batch, precond_iters).items():
+            row = {"size": size, "batch": batch, "op": name}
+            for method in METHODS:
+                # BANDED_MAX is read when a function is traced, and jit caches traces
+                # per Python function: a fresh function per method.
+                blur_module.BANDED_MAX = banded_max if method == "banded" else 0
+                try:
+                    t = time_call(jax.jit(lambda *a, f=fn: f(*a)), *args, repeats=repeats, warmup=1)
+                finally:
+                    blur_module.BANDED_MAX = banded_max
+                row[f"{method}_ms"] = 1e3 * t["median_s"]
+            row["shifted_over_banded"] = row["shifted_ms"] / row["banded_ms"]
+            rows.append(row)
+    return rows
+
+
+def to_markdown(result: dict) -> str:
+    meta = result["meta"]
+    lines = [
+        "# Zero-boundary blur: banded matrices against shifted copies",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['device']}; jax {meta['jax']}",
+        "",
+        "Median ms of jitted calls on the same inputs (batch of images, 3 channels). "
+        "`banded`: the default for axes of up to "
+        f"{meta['banded_max']} pixels; `shifted`: sums of shifted, weighted copies.",
+        "",
+    ]
+    table = [
+        [
+            r["size"],
+            r["batch"],
+            r["op"],
+            f"{r['banded_ms']:.2f}",
+            f"{r['shifted_ms']:.2f}",
+            f"{r['shifted_over_banded']:.1f}x",
+        ]
+        for r in result["rows"]
+    ]
+    header = ["size", "batch", "operation", "banded (ms)", "shifted (ms)", "shifted / banded"]
+    return "\n".join(lines + markdown_table(header, table)) + "\n"
+
+
+def run(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--sizes", default=None, help="image sizes, e.g. 32,64,128")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--precond_iters", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    sizes = args.sizes or ("16" if args.quick else "32,64,128")
+    sizes = [int(s) for s in sizes.split(",")]
+    batch = args.batch or (2 if args.quick else 16)
+    repeats = args.repeats or (2 if args.quick else 20)
+    if batch < 1 or repeats < 1 or args.precond_iters < 1:
+        parser.error("--batch, --repeats and --precond_iters must be >= 1")
+    result = {"rows": measure(sizes, batch, args.precond_iters, repeats)}
+    result["meta"] = run_meta(
+        "benchmarks.blur_ops", argv, start, banded_max=blur_module.BANDED_MAX, repeats=repeats
+    )
+    stem = f"blur_ops_{result['meta']['machine']}" + ("_quick" if args.quick else "")
+    result["paths"] = write_result(args.out, stem, result, to_markdown(result))
+    return result
+
+
+main = exit_status(run)
+
+if __name__ == "__main__":
+    raise SystemExit(main())
