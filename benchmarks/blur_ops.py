@@ -118,8 +118,8 @@ def run(argv=None) -> dict:
     start = time.perf_counter()
     sizes = args.sizes or ("16" if args.quick else "32,64,128")
     sizes = [int(s) for s in sizes.split(",")]
-    batch = args.batch or (2 if args.quick else 16)
-    repeats = args.repeats or (2 if args.quick else 20)
+    batch = args.batch if args.batch is not None else (2 if args.quick else 16)
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 20)
     if batch < 1 or repeats < 1 or args.precond_iters < 1:
         parser.error("--batch, --repeats and --precond_iters must be >= 1")
     result = {"rows": measure(sizes, batch, args.precond_iters, repeats)}
