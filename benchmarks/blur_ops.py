@@ -11,8 +11,11 @@ one image axis at a time, as a banded matrix product for axes of up to
 copies beyond. This script times both on the same inputs, for the
 operations a DE-GRAD step uses: one ``A^T A``, the preconditioner
 ``P ~ (A^T A + mu I)^-1`` (``iters`` chained applications of ``A^T A``),
-and the whole step ``T(x; d)`` of the ``cpu`` preset's untrained model
-(DnCNN regulariser, smoothed-TV term, preconditioner) at each image size.
+the whole step ``T(x; d)`` of the ``cpu`` preset's untrained model
+(DnCNN regulariser, smoothed-TV term, preconditioner), and 300 iterations
+of the TV baseline (one ``A`` and one ``A^T`` per iteration) at each image size;
+then (``--train_steps``, default 12) a short training run of the ``cpu``
+preset with each.
 Times are medians of jitted calls; compare the two columns of one row, not
 rows across machines.
 """
@@ -37,6 +40,7 @@ def _ops(size: int, batch: int, precond_iters: int):
     """``name -> (fn, args)`` of the timed operations at one image size."""
     from experiments.configs import get_config
     from jfbjax.builders import blur_from_config, build_model
+    from jfbjax.imaging.baselines import tv_deblur
     from jfbjax.models.dncnn import freeze_spectral_norm
 
     config = get_config("cpu")
@@ -54,6 +58,10 @@ def _ops(size: int, batch: int, precond_iters: int):
             (x,),
         ),
         "T(x; d), cpu preset": (lambda s, v, w: nnx.merge(graphdef, s).step(v, w), (state, x, d)),
+        "TV primal-dual, 300 iterations": (
+            lambda w: tv_deblur(w, blur, 1e-3, iters=300, tol=0.0),
+            (d,),
+        ),
     }
 
 
@@ -75,6 +83,39 @@ def measure(sizes, batch: int, precond_iters: int, repeats: int) -> list[dict]:
                 row[f"{method}_ms"] = 1e3 * t["median_s"]
             row["shifted_over_banded"] = row["shifted_ms"] / row["banded_ms"]
             rows.append(row)
+    return rows
+
+
+def measure_training(steps: int, workdir: str) -> list[dict]:
+    """Training steps of the ``cpu`` preset with each method: ``steps`` steps
+    (no evaluation during training, no TV baseline, no alignment report) per
+    method, in one process; mean ms per step after the first, the first step
+    (compilation included) and the final evaluation, and the test PSNR."""
+    import shutil
+
+    from experiments.configs import get_config
+    from jfbjax.training import train_and_evaluate
+
+    rows = []
+    banded_max = blur_module.BANDED_MAX
+    for method in METHODS:
+        config = get_config("cpu")
+        config.steps = steps
+        config.optim.warmup = min(int(config.optim.warmup), steps - 1)
+        config.eval_every = steps + 1
+        config.tv.weights = ()
+        config.contraction.align_images = 0
+        out = f"{workdir}/{method}"
+        shutil.rmtree(out, ignore_errors=True)
+        blur_module.BANDED_MAX = banded_max if method == "banded" else 0
+        try:
+            r = train_and_evaluate(config, out, progress=False, tensorboard=False)
+        finally:
+            blur_module.BANDED_MAX = banded_max
+        t = r["timing"]
+        rows.append({"method": method, "steps": steps, "ms_per_step": t["ms_per_step"],
+                     "first_step_s": t["first_step_s"], "final_eval_s": t["final_eval_s"],
+                     "test_psnr": r["test"]["model"]["psnr_standard"]})  # fmt: skip
     return rows
 
 
@@ -103,7 +144,30 @@ def to_markdown(result: dict) -> str:
         for r in result["rows"]
     ]
     header = ["size", "batch", "operation", "banded (ms)", "shifted (ms)", "shifted / banded"]
-    return "\n".join(lines + markdown_table(header, table)) + "\n"
+    lines += markdown_table(header, table)
+    if result.get("training"):
+        lines += [
+            "",
+            "Training with the `cpu` preset (batch 16, 32x32), each method in turn in "
+            "the same process: ms per step after the first, the first step (compilation "
+            "included), the final evaluation (40 val + 40 test images, contraction "
+            "estimate) and the test PSNR after the steps.",
+            "",
+        ]
+        rows = [
+            [
+                r["method"],
+                r["steps"],
+                f"{r['ms_per_step']:.0f}",
+                f"{r['first_step_s']:.1f}",
+                f"{r['final_eval_s']:.1f}",
+                f"{r['test_psnr']:.3f}",
+            ]
+            for r in result["training"]
+        ]
+        header = ["method", "steps", "ms/step", "first step (s)", "final eval (s)", "test PSNR"]
+        lines += markdown_table(header, rows)
+    return "\n".join(lines) + "\n"
 
 
 def run(argv=None) -> dict:
@@ -113,6 +177,13 @@ def run(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--precond_iters", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument(
+        "--train_steps", type=int, default=None,
+        help="also train the cpu preset this many steps with each method (default 12; 0: skip)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workdir", default="/tmp/blur_ops_runs", help="run folders of --train_steps"
+    )
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -122,7 +193,12 @@ def run(argv=None) -> dict:
     repeats = args.repeats if args.repeats is not None else (2 if args.quick else 20)
     if batch < 1 or repeats < 1 or args.precond_iters < 1:
         parser.error("--batch, --repeats and --precond_iters must be >= 1")
+    train_steps = args.train_steps if args.train_steps is not None else (0 if args.quick else 12)
+    if train_steps == 1 or train_steps < 0:
+        parser.error("--train_steps must be 0 (skip) or >= 2")
     result = {"rows": measure(sizes, batch, args.precond_iters, repeats)}
+    if train_steps:
+        result["training"] = measure_training(train_steps, args.workdir)
     result["meta"] = run_meta(
         "benchmarks.blur_ops", argv, start, banded_max=blur_module.BANDED_MAX, repeats=repeats
     )
