@@ -119,6 +119,30 @@ def measure_training(steps: int, workdir: str) -> list[dict]:
     return rows
 
 
+#: (header, key, format) of the markdown tables' columns.
+OP_COLUMNS = [
+    ("size", "size", "{}"),
+    ("batch", "batch", "{}"),
+    ("operation", "op", "{}"),
+    ("banded (ms)", "banded_ms", "{:.2f}"),
+    ("shifted (ms)", "shifted_ms", "{:.2f}"),
+    ("shifted / banded", "shifted_over_banded", "{:.1f}x"),
+]
+TRAIN_COLUMNS = [
+    ("method", "method", "{}"),
+    ("steps", "steps", "{}"),
+    ("ms/step", "ms_per_step", "{:.0f}"),
+    ("first step (s)", "first_step_s", "{:.1f}"),
+    ("final eval (s)", "final_eval_s", "{:.1f}"),
+    ("test PSNR", "test_psnr", "{:.3f}"),
+]
+
+
+def _table(rows: list[dict], columns) -> list[str]:
+    cells = [[fmt.format(r[key]) for _, key, fmt in columns] for r in rows]
+    return markdown_table([header for header, _, _ in columns], cells)
+
+
 def to_markdown(result: dict) -> str:
     meta = result["meta"]
     lines = [
@@ -132,19 +156,7 @@ def to_markdown(result: dict) -> str:
         f"{meta['banded_max']} pixels; `shifted`: sums of shifted, weighted copies.",
         "",
     ]
-    table = [
-        [
-            r["size"],
-            r["batch"],
-            r["op"],
-            f"{r['banded_ms']:.2f}",
-            f"{r['shifted_ms']:.2f}",
-            f"{r['shifted_over_banded']:.1f}x",
-        ]
-        for r in result["rows"]
-    ]
-    header = ["size", "batch", "operation", "banded (ms)", "shifted (ms)", "shifted / banded"]
-    lines += markdown_table(header, table)
+    lines += _table(result["rows"], OP_COLUMNS)
     if result.get("training"):
         lines += [
             "",
@@ -154,19 +166,7 @@ def to_markdown(result: dict) -> str:
             "estimate) and the test PSNR after the steps.",
             "",
         ]
-        rows = [
-            [
-                r["method"],
-                r["steps"],
-                f"{r['ms_per_step']:.0f}",
-                f"{r['first_step_s']:.1f}",
-                f"{r['final_eval_s']:.1f}",
-                f"{r['test_psnr']:.3f}",
-            ]
-            for r in result["training"]
-        ]
-        header = ["method", "steps", "ms/step", "first step (s)", "final eval (s)", "test PSNR"]
-        lines += markdown_table(header, rows)
+        lines += _table(result["training"], TRAIN_COLUMNS)
     return "\n".join(lines) + "\n"
 
 
