@@ -107,7 +107,8 @@ def tikhonov_cg(
     w = jnp.asarray(weight, dtype)
 
     def solve(di):
-        op = lambda x: blur.normal(x) + w * x
+        # One A^T A per CG iteration: shifted copies beat matrices (Blur.apply).
+        op = lambda x: blur.normal(x, banded=False) + w * x
         x, _ = jax.scipy.sparse.linalg.cg(op, blur.adjoint(di), tol=tol, maxiter=iters)
         return x
 
@@ -232,7 +233,8 @@ def tv_deblur(
 
     def body(carry):
         k, x, p, _ = carry
-        x_new = x - tau * (blur.adjoint(blur.apply(x) - dd) - _div(p))
+        # one A and one A^T per iteration: shifted copies beat matrices (Blur.apply)
+        x_new = x - tau * (blur.adjoint(blur.apply(x, False) - dd, False) - _div(p))
         p = p + sigma * _grad(2 * x_new - x)
         norm = jnp.sqrt(jnp.sum(p**2, axis=-1, keepdims=True))
         p = p / jnp.maximum(1.0, norm / w_safe)

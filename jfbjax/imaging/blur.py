@@ -141,7 +141,7 @@ class Blur:
         g = np.exp(-(r**2) / (2.0 * float(self.sigma) ** 2))
         return g / g.sum()
 
-    def _conv(self, x: jax.Array, adjoint: bool) -> jax.Array:
+    def _conv(self, x: jax.Array, adjoint: bool, banded: bool | None = None) -> jax.Array:
         r"""Zero-padded correlation with ``h`` (or, for ``A^T``, with the flipped
         ``h`` and mirrored padding), computed separably.
 
@@ -150,8 +150,9 @@ class Blur:
         Toeplitz matrix ``M`` (:func:`zero_padded_band`) acting on that axis:
         ``A x = M_H x M_W^T`` per channel and ``A^T y = M_H^T y M_W``, exact
         adjoints by construction. Axes of up to ``BANDED_MAX`` pixels use that
-        matrix product; longer ones sum ``s`` shifted, weighted copies, whose
-        cost grows with ``s`` instead of the axis length. Both are exact up to
+        matrix product unless ``banded`` says otherwise; longer ones sum ``s``
+        shifted, weighted copies, whose cost grows with ``s`` instead of the
+        axis length. Both are exact up to
         float rounding.
 
         Why matrices: XLA's depthwise convolution (``feature_group_count = C``)
@@ -169,7 +170,7 @@ class Blur:
         y = x.astype(dtype)
         for axis in (-3, -2):
             n = y.shape[axis]
-            if n <= BANDED_MAX:
+            if (n <= BANDED_MAX) if banded is None else banded:
                 m = zero_padded_band(n, tuple(float(v) for v in self.kernel_1d))
                 m = jnp.asarray(m.T if adjoint else m, dtype)
                 y = jnp.moveaxis(
@@ -221,25 +222,36 @@ class Blur:
         return y.astype(x.dtype)
 
     # ------------------------------------------------------------ public API
-    def apply(self, x: jax.Array) -> jax.Array:
-        """``A x`` for ``x`` of layout (..., H, W, C)."""
+    def apply(self, x: jax.Array, banded: bool | None = None) -> jax.Array:
+        """``A x`` for ``x`` of layout (..., H, W, C).
+
+        ``banded`` (zero boundary only): True blurs each axis by its banded
+        matrix, False by shifted copies, None (default) chooses matrices for
+        axes of up to ``BANDED_MAX`` pixels. Matrices are faster where many
+        blurs are chained in one computation (the preconditioner, the model's
+        step), shifted copies for one blur per loop iteration (the TV and CG
+        baselines); ``benchmarks/blur_ops.py`` measures both. The results agree
+        to float rounding.
+        """
         x = real_float(x)
         check_image(x, "the input of Blur.apply")
         if self.boundary == "circular":
             return self._fft(x, adjoint=False)
-        return self._conv(x, adjoint=False)
+        return self._conv(x, adjoint=False, banded=banded)
 
-    def adjoint(self, y: jax.Array) -> jax.Array:
-        """``A^T y``, the exact adjoint: ``<A x, y> = <x, A^T y>`` for all x, y."""
+    def adjoint(self, y: jax.Array, banded: bool | None = None) -> jax.Array:
+        """``A^T y``, the exact adjoint: ``<A x, y> = <x, A^T y>`` for all x, y
+        (``banded``: as in :meth:`apply`)."""
         y = real_float(y)
         check_image(y, "the input of Blur.adjoint")
         if self.boundary == "circular":
             return self._fft(y, adjoint=True)
-        return self._conv(y, adjoint=True)
+        return self._conv(y, adjoint=True, banded=banded)
 
-    def normal(self, x: jax.Array) -> jax.Array:
-        """``A^T A x`` (symmetric positive semi-definite, eigenvalues in [0, 1])."""
-        return self.adjoint(self.apply(x))
+    def normal(self, x: jax.Array, banded: bool | None = None) -> jax.Array:
+        """``A^T A x`` (symmetric positive semi-definite, eigenvalues in [0, 1];
+        ``banded``: as in :meth:`apply`)."""
+        return self.adjoint(self.apply(x, banded), banded)
 
     def normal_inverse_approx(self, x: jax.Array, mu: float, iters: int = 10) -> jax.Array:
         r"""``P x``: a symmetric positive-definite polynomial approximation of (A^T A + mu I)^-1.

@@ -113,6 +113,13 @@ def test_zero_boundary_banded_and_shifted_copies_equal_the_direct_correlation(
     np.testing.assert_allclose(shifted[0], direct, atol=1e-13)
     np.testing.assert_allclose(banded[1], shifted[1], atol=1e-13)
     np.testing.assert_allclose(jnp.vdot(banded[0], y), jnp.vdot(x, banded[1]), rtol=1e-12)
+    # the keyword picks the form whatever BANDED_MAX says
+    asked = (blur.apply(x, banded=True), blur.adjoint(y, banded=True))
+    assert "dot_general" in str(jax.make_jaxpr(lambda v: blur.apply(v, banded=True))(x))
+    np.testing.assert_allclose(asked[0], direct, atol=1e-13)
+    np.testing.assert_allclose(asked[1], banded[1], atol=1e-13)
+    monkeypatch.undo()
+    assert "dot_general" not in str(jax.make_jaxpr(lambda v: blur.normal(v, banded=False))(x))
 
 
 @pytest.mark.parametrize("boundary", ["zero", "circular"])
