@@ -24,6 +24,7 @@ rows across machines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import jax
@@ -35,6 +36,19 @@ from jfbjax.imaging import blur as blur_module
 from jfbjax.training.profiling import time_call
 
 METHODS = ("banded", "shifted")
+
+
+@contextlib.contextmanager
+def _blur_form(method: str):
+    """Within the block, every blur whose form is not asked for explicitly
+    (``Blur.apply(..., banded=None)``) traces to ``method``'s form; the threshold
+    is restored after. It is read at trace time: jit fresh functions inside."""
+    banded_max = blur_module.BANDED_MAX
+    blur_module.BANDED_MAX = banded_max if method == "banded" else 0
+    try:
+        yield
+    finally:
+        blur_module.BANDED_MAX = banded_max
 
 
 def _ops(size: int, batch: int, precond_iters: int):
@@ -70,18 +84,13 @@ def _ops(size: int, batch: int, precond_iters: int):
 def measure(sizes, batch: int, precond_iters: int, repeats: int) -> list[dict]:
     """One row per (size, operation): median ms of each method, and their ratio."""
     rows = []
-    banded_max = blur_module.BANDED_MAX
     for size in sizes:
         for name, (fn, args) in _ops(size, batch, precond_iters).items():
             row = {"size": size, "batch": batch, "op": name}
             for method in METHODS:
-                # BANDED_MAX is read when a function is traced, and jit caches traces
-                # per Python function: a fresh function per method.
-                blur_module.BANDED_MAX = banded_max if method == "banded" else 0
-                try:
+                # jit caches traces per Python function: a fresh function per method.
+                with _blur_form(method):
                     t = time_call(jax.jit(lambda *a, f=fn: f(*a)), *args, repeats=repeats, warmup=1)
-                finally:
-                    blur_module.BANDED_MAX = banded_max
                 row[f"{method}_ms"] = 1e3 * t["median_s"]
             row["shifted_over_banded"] = row["shifted_ms"] / row["banded_ms"]
             rows.append(row)
@@ -99,7 +108,6 @@ def measure_training(steps: int, workdir: str) -> list[dict]:
     from jfbjax.training import train_and_evaluate
 
     rows = []
-    banded_max = blur_module.BANDED_MAX
     for method in METHODS:
         config = get_config("cpu")
         config.steps = steps
@@ -109,11 +117,8 @@ def measure_training(steps: int, workdir: str) -> list[dict]:
         config.contraction.align_images = 0
         out = f"{workdir}/{method}"
         shutil.rmtree(out, ignore_errors=True)
-        blur_module.BANDED_MAX = banded_max if method == "banded" else 0
-        try:
+        with _blur_form(method):
             r = train_and_evaluate(config, out, progress=False, tensorboard=False)
-        finally:
-            blur_module.BANDED_MAX = banded_max
         t = r["timing"]
         rows.append({"method": method, "steps": steps, "ms_per_step": t["ms_per_step"],
                      "first_step_s": t["first_step_s"], "final_eval_s": t["final_eval_s"],

@@ -11,9 +11,10 @@ models compute the correlation
 and differ only in what lies outside the image:
 
 * ``"zero"``: ``x = 0`` outside (zero "same" padding, the paper's operator),
-  computed separably, one banded matrix per image axis (:func:`zero_padded_band`);
-  its adjoint is the correlation with the flipped kernel under the mirrored
-  padding, i.e. the transposed matrices.
+  computed separably along each image axis, as a banded matrix
+  (:func:`zero_padded_band`) or as shifted copies (``banded`` of
+  :meth:`Blur.apply`); its adjoint is the correlation with the flipped kernel
+  under the mirrored padding, i.e. the transposed matrices.
 * ``"circular"``: ``x`` is periodic, ``A = F^{-1} diag(K) F`` with ``F`` the
   2-D DFT and ``K`` the transfer function (:meth:`Blur.transfer_function`),
   computed with ``rfft2``/``irfft2``; ``A^T = F^{-1} diag(conj K) F``.
@@ -149,20 +150,19 @@ class Blur:
         1-D correlation with ``g`` along each image axis, and each is a banded
         Toeplitz matrix ``M`` (:func:`zero_padded_band`) acting on that axis:
         ``A x = M_H x M_W^T`` per channel and ``A^T y = M_H^T y M_W``, exact
-        adjoints by construction. Axes of up to ``BANDED_MAX`` pixels use that
-        matrix product unless ``banded`` says otherwise; longer ones sum ``s``
-        shifted, weighted copies, whose cost grows with ``s`` instead of the
-        axis length. Both are exact up to
-        float rounding.
+        adjoints by construction. Or, with ``banded`` False (and by default for
+        axes longer than ``BANDED_MAX`` pixels), a sum of ``s`` shifted, weighted
+        copies along the axis, whose cost grows with ``s`` instead of the axis
+        length. Both are exact up to float rounding.
 
-        Why matrices: XLA's depthwise convolution (``feature_group_count = C``)
-        is two orders of magnitude slower on CPU (measured 14 ms against 0.1 ms
-        on 24x32x32x3), and the shifted-copy sums, fast alone, are fused by XLA
-        into their consumers when many are chained, as in the preconditioner's
-        10 applications of ``A^T A`` per step of T: measured on 16x32x32x3,
-        10 chained ``A^T A`` took 27-36 ms with shifted copies and 5.3 ms as
-        matrix products (about 5x on 64x64 and 3x on 128x128 too;
-        ``benchmarks/blur_ops.py``).
+        Why two forms: XLA's depthwise convolution (``feature_group_count = C``)
+        is two orders of magnitude slower on CPU than the shifted copies (14 ms
+        against 0.1 ms on 24x32x32x3). The shifted copies are the faster form
+        for one blur at a time, e.g. once per loop iteration, but XLA fuses
+        them badly into their consumers when many are chained in one
+        computation, as in the preconditioner's 10 ``A^T A`` per step of T,
+        where the matrices are 4.2-4.6x faster at 32-128 pixels
+        (``benchmarks/results/blur_ops_cpu.md``).
         """
         s = self.kernel_size
         lo, hi = (s - 1) // 2, s // 2
