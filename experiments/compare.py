@@ -74,11 +74,11 @@ from jfbjax.training.classical import classical_methods, evaluate_classical, inp
 from jfbjax.training.figures import plot_restorations
 from jfbjax.training.profiling import compiled_memory, time_call
 from jfbjax.training.records import (
-    config_diff,
     config_json,
     evaluation_images,
     jsonable,
     read_config_record,
+    training_diff,
 )
 
 __all__ = [
@@ -267,7 +267,7 @@ def _train(run: LearnedRun, workdir: str, out: str, progress: bool) -> dict:
     wanted = config_json(run.config.copy_and_resolve_references())
     resume = False
     if os.path.exists(config_path):
-        if config_diff(read_config_record(config_path), wanted):
+        if training_diff(read_config_record(config_path), wanted):
             raise RunMismatchError(
                 f"{workdir} holds a run with a different configuration; "
                 f"rerun with --fresh to retrain everything in {out}, or choose another --out"
@@ -358,6 +358,7 @@ def _implicit_record(results: dict) -> dict:
         "contraction_max": contraction.get("test_max"),
         "ift_adjoint_converged": results.get("ift_adjoint_converged_during_training"),
         "cos_jfb_ift": alignment.get("cos_jfb_ift"),
+        "cos_reference_converged": alignment.get("ift_adjoint_converged"),
     }
 
 

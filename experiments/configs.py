@@ -48,9 +48,12 @@ plus the learned correction; 0: the paper's map), ``pretrain_steps``
 ``||J||_F^2 / n``), ``spectral_weight`` and ``target`` (``max(||J||_2 -
 target, 0)^2`` by ``power_iters`` power steps), ``samples`` (images of each
 batch they use), ``eval_iters`` (power steps of the contraction factor
-reported at every evaluation), ``align_images`` and ``align_cycles`` (test
-images and GMRES restart cycles of the final cos(JFB, IFT) report; 0 images
-skips it).
+reported at every evaluation), ``align_images``, ``align_cycles``,
+``align_restart``, ``align_tol`` and ``align_forward_tol`` (test images,
+GMRES restart cycles, Krylov vectors per cycle and tolerance of the IFT
+adjoint, and the tolerance the forward solve is redone to, of the final
+cos(JFB, IFT) report, :func:`jfbjax.training.contraction.gradient_alignment_report`;
+0 images skips it).
 ``solver``: forward fixed-point solver: ``name`` (anderson|picard), ``m``
 (Anderson memory), ``beta`` (mixing / damping), ``ridge`` (Anderson
 regularisation), ``tol`` (relative residual), ``max_iter``.
@@ -137,6 +140,9 @@ def _base() -> ml_collections.ConfigDict:
     c.contraction.eval_iters = 20
     c.contraction.align_images = 8
     c.contraction.align_cycles = 20
+    c.contraction.align_restart = 60
+    c.contraction.align_tol = 1e-4
+    c.contraction.align_forward_tol = 1e-5
 
     c.solver = ml_collections.ConfigDict()
     c.solver.name = "anderson"
@@ -203,6 +209,7 @@ def _smoke() -> ml_collections.ConfigDict:
     c.contraction.eval_iters = 10
     c.contraction.align_images = 2
     c.contraction.align_cycles = 3
+    c.contraction.align_restart = 10
     return c
 
 

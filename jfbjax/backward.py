@@ -299,6 +299,11 @@ class IFT(AbstractBackward):
         fixed-point residual of ``u`` with ``tol``).
       max_iter: maximum iterations (for ``"gmres"``: restart cycles).
       restart: GMRES Krylov subspace size per cycle.
+      gmres_method: ``solve_method`` of ``jax.scipy.sparse.linalg.gmres``:
+        ``"batched"`` (default; the small least-squares problem of each
+        cycle by its normal equations, fast, but in float32 they lose
+        accuracy and can give NaN for a large ``restart``) or
+        ``"incremental"`` (Givens rotations as the basis grows; stable).
       throw: raise when the adjoint solve does not converge (see above).
       fallback: ``None`` (default) or the backward mode whose adjoint replaces
         a failed solve's: :class:`JFB`, :class:`Neumann`, :class:`Phantom` or
@@ -310,6 +315,7 @@ class IFT(AbstractBackward):
     tol: float = 1e-5
     max_iter: int = 100
     restart: int = 20
+    gmres_method: str = "batched"
     throw: bool = False
     fallback: AbstractBackward | None = None
 
@@ -323,6 +329,10 @@ class IFT(AbstractBackward):
             _solvers._check_common(self.tol, self.max_iter)
         elif not isinstance(self.solver, AbstractSolver):
             raise ValueError(f"IFT solver must be a name or a solver instance, got {self.solver!r}")
+        if self.gmres_method not in ("batched", "incremental"):
+            raise ValueError(
+                f"gmres_method must be 'batched' or 'incremental', got {self.gmres_method!r}"
+            )
         if not isinstance(self.restart, int) or self.restart < 1:
             raise ValueError(f"restart must be an integer >= 1, got {self.restart!r}")
         _solvers._check_flag("IFT throw", self.throw)
@@ -393,7 +403,7 @@ class IFT(AbstractBackward):
                 atol=0.0,
                 restart=self.restart,
                 maxiter=self.max_iter,
-                solve_method="batched",
+                solve_method=self.gmres_method,
             )
             if not stats:
                 return u, _info(-1, jnp.nan, Status.MAX_ITER)

@@ -400,7 +400,8 @@ def _eval_line(step: int, val: dict, test: dict) -> str:
 def _implicit_lines(test: dict, alignment: dict, adjoint_stats, config) -> str:
     lines = [
         f"test: cos(JFB gradient, IFT gradient) {alignment['cos_jfb_ift']:.4f} on "
-        f"{alignment['n_images']} images (GMRES adjoint to {alignment['ift_adjoint_tol']:g}: "
+        f"{alignment['n_images']} images (forward re-solved to {alignment['forward_tol']:g}, "
+        f"GMRES({alignment['ift_adjoint_restart']}) adjoint to {alignment['ift_adjoint_tol']:g}: "
         f"{100 * alignment['ift_adjoint_converged']:.0f}% converged)",
         f"test: contraction ||dT/dx|| at the fixed point: mean {test['contraction_mean']:.4f}, "
         f"max {test['contraction_max']:.4f}",

@@ -23,6 +23,7 @@ from jfbjax.training.parallel import DataParallel
 
 __all__ = [
     "RENAMED_FIELDS",
+    "REPORT_FIELDS",
     "MetricsLog",
     "config_diff",
     "config_json",
@@ -33,6 +34,7 @@ __all__ = [
     "read_config_record",
     "read_tensorboard",
     "run_keys",
+    "training_diff",
     "upgrade_config_record",
     "write_json",
 ]
@@ -142,6 +144,24 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
     return out
+
+
+#: Config fields that only set how a finished model is reported (the final
+#: cos(JFB, IFT) measurement), not what is trained: :func:`training_diff` ignores
+#: them, so a run recorded before one was added or changed is still reused.
+REPORT_FIELDS: tuple[str, ...] = (
+    "contraction.align_images",
+    "contraction.align_cycles",
+    "contraction.align_restart",
+    "contraction.align_tol",
+    "contraction.align_forward_tol",
+)
+
+
+def training_diff(a: dict, b: dict) -> list[str]:
+    """:func:`config_diff` without the :data:`REPORT_FIELDS`: the differences that
+    change what a run trains (a reused run keeps the report it was recorded with)."""
+    return [d for d in config_diff(a, b) if d.split(":")[0] not in REPORT_FIELDS]
 
 
 def run_keys(config) -> tuple[jax.Array, jax.Array, jax.Array]:

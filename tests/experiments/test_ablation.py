@@ -6,6 +6,7 @@ import os
 import pytest
 
 from experiments import ablation, compare
+from jfbjax.training.records import config_diff
 
 
 def test_every_lever_changes_only_what_it_names():
@@ -17,7 +18,7 @@ def test_every_lever_changes_only_what_it_names():
     for lever in ablation.LEVERS[1:]:
         c = ablation.ablation_config("cpu", lever, 1)
         assert c.seed == 1
-        changed = {d.split(":")[0] for d in compare.config_diff(base, c.to_dict())}
+        changed = {d.split(":")[0] for d in config_diff(base, c.to_dict())}
         named = {o.split("=")[0] for o in lever.overrides} | {"seed"}
         assert changed <= named, (lever.key, changed - named)
 
@@ -27,7 +28,7 @@ def test_the_cpu_default_is_the_ablation_row_it_names():
 
     levers = {lv.key: lv for lv in ablation.LEVERS}
     chosen = ablation.ablation_config("cpu", levers[ablation.DEFAULT_LEVER], 0).to_dict()
-    assert compare.config_diff(chosen, get_config("cpu").to_dict()) == []
+    assert config_diff(chosen, get_config("cpu").to_dict()) == []
 
 
 def test_smoke_ablation_end_to_end(tmp_path):

@@ -7,14 +7,19 @@ import pytest
 from flax import nnx
 
 import jfbjax
-from jfbjax.models import DnCNN
+from jfbjax.diagnostics import gradient_alignment
+from jfbjax.imaging.blur import Blur
+from jfbjax.models import DEGRAD, DnCNN
+from jfbjax.solvers import tree_norm
 from jfbjax.training.contraction import (
     AdjointStats,
     ContractionPenalty,
     contraction_factors,
+    gradient_alignment_report,
     penalty_from_config,
 )
 from jfbjax.training.pretrain import pretrain_denoiser
+from jfbjax.training.steps import mse_loss
 
 
 def _linear_step(w):
@@ -164,3 +169,45 @@ def test_training_reports_ift_adjoint_convergence_and_penalties(tiny_run):
         r["train/penalty"] >= 0 and r["train/spectral"] > 0 and r["train/jacobian_fro2"] > 0
         for r in train
     )
+
+
+def test_gradient_alignment_report_matches_dense_jfb_and_ift_gradients(x64):
+    """The report's cosine and gradient norms against the IFT gradient formed with
+    the dense Jacobian of T at the fixed point, (I - J^T)^{-1} by a direct solve."""
+    model = DEGRAD(
+        Blur(3, 1.0, "zero"),
+        DnCNN(3, 3, 8, rngs=nnx.Rngs(0)),
+        tikhonov=0.1,
+        solver=jfbjax.Anderson(tol=1e-3, max_iter=50),
+    )
+    last = model.regulariser.layers[-1]
+    last.kernel[...] = 0.01 * jax.random.normal(jax.random.PRNGKey(1), last.kernel.shape)
+    graphdef, state = nnx.split(model)
+    model = nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(jnp.float64), state))
+    d = jax.random.uniform(jax.random.PRNGKey(2), (2, 6, 6, 3), jnp.float64, -1, 1)
+    x = jax.random.uniform(jax.random.PRNGKey(3), (2, 6, 6, 3), jnp.float64, -1, 1)
+
+    report = gradient_alignment_report(
+        model, d, x, tol=1e-10, restart=60, cycles=10, forward_tol=1e-12, forward_max_iter=400
+    )
+    assert report["ift_adjoint_converged"] == 1.0 and report["forward_tol"] == 1e-12
+
+    tight = model.with_solver(solver=jfbjax.Anderson(tol=1e-13, max_iter=400))
+    x_star, info = tight(d)
+    assert bool(jnp.all(info.status == 0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def T(p, z):
+        return nnx.merge(graphdef, p, rest).step(z, d)
+
+    n = x_star.size
+    jac = jax.jacobian(lambda z: T(params, z))(x_star).reshape(n, n)
+    v = jax.grad(lambda z: mse_loss(z, x))(x_star)
+    u = jnp.linalg.solve(jnp.eye(n) - jac.T, v.ravel()).reshape(v.shape)
+    _, vjp = jax.vjp(lambda p: T(p, x_star), params)
+    g_jfb, g_ift = vjp(v)[0], vjp(u)[0]
+    cos = float(gradient_alignment(g_jfb, g_ift))
+    assert abs(cos) < 0.999  # the two gradients differ here, so the check can fail
+    np.testing.assert_allclose(report["cos_jfb_ift"], cos, rtol=1e-6)
+    np.testing.assert_allclose(report["grad_norm_jfb"], tree_norm(g_jfb), rtol=1e-6)
+    np.testing.assert_allclose(report["grad_norm_ift"], tree_norm(g_ift), rtol=1e-6)
