@@ -213,6 +213,7 @@ def gradient_alignment_report(
     cycles: int = 20,
     forward_tol: float | None = 1e-5,
     forward_max_iter: int = 300,
+    gmres_method: str = "incremental",
 ) -> dict:
     """cos(JFB gradient, IFT gradient) of the MSE on one batch, with a tight IFT adjoint.
 
@@ -237,10 +238,12 @@ def gradient_alignment_report(
       tol, restart, cycles: the GMRES adjoint solve (see above).
       forward_tol, forward_max_iter: tolerance and iteration cap of the
         forward solve (the model's solver type and other settings are kept).
+      gmres_method: :class:`~jfbjax.IFT`'s ``gmres_method`` (``"batched"``
+        reproduces the report of runs before 2026-12-04).
 
     Returns:
       ``{"cos_jfb_ift", "ift_adjoint_tol", "ift_adjoint_restart",
-      "ift_adjoint_cycles", "forward_tol", "ift_adjoint_converged",
+      "ift_adjoint_cycles", "forward_tol", "gmres_method", "ift_adjoint_converged",
       "ift_adjoint_residual_max", "grad_norm_jfb", "grad_norm_ift",
       "n_images"}``.
     """
@@ -276,7 +279,7 @@ def gradient_alignment_report(
         return jax.jit(jax.grad(loss))(params)
 
     g_jfb = grads(JFB(), None)
-    reference = IFT("gmres", tol=tol, max_iter=cycles, restart=restart, gmres_method="incremental")
+    reference = IFT("gmres", tol=tol, max_iter=cycles, restart=restart, gmres_method=gmres_method)
     g_ift = jax.block_until_ready(grads(reference, record))
     res = np.concatenate([r.ravel() for r in residuals]) if residuals else np.array([np.nan])
     return {
@@ -285,6 +288,7 @@ def gradient_alignment_report(
         "ift_adjoint_restart": int(restart),
         "ift_adjoint_cycles": int(cycles),
         "forward_tol": float(model.solver.tol),
+        "gmres_method": gmres_method,
         "ift_adjoint_converged": float(np.mean(res <= tol)),
         "ift_adjoint_residual_max": float(np.max(res)),
         "grad_norm_jfb": float(tree_norm(g_jfb)),
