@@ -232,6 +232,12 @@ LEVERS: tuple[Lever, ...] = (
         group="combination",
     ),
     Lever(
+        "tv_pc25_e02_plus",
+        "the same (the cpu default), + the 5 legacy micrographs as training photos (13)",
+        (*_PC25_E02, "data.builtin_set=scenes_plus"),
+        group="combination",
+    ),
+    Lever(
         "tv_pc25_e02_s300",
         "the same (the cpu default), 300 training steps instead of 250",
         (*_PC25_E02, "steps=300"),

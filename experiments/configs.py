@@ -19,7 +19,7 @@ Every field, with its meaning:
 
 ``data``: ``source`` (auto|builtin|tfds|folder), ``data_dir`` (CelebA
 location, or None), ``image_size``, ``n_train`` / ``n_val`` / ``n_test``
-(None: the source's defaults), ``builtin_set`` (scenes|legacy: the built-in
+(None: the source's defaults), ``builtin_set`` (scenes|legacy|scenes_plus: the built-in
 set's training and validation photos, ``jfbjax.data.builtin``).
 ``blur``: ``kernel_size``, ``sigma`` (pixels), ``boundary`` (zero|circular).
 ``noise_std``: standard deviation of the Gaussian noise on the [-1, 1] scale.

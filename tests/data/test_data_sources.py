@@ -107,6 +107,10 @@ def test_builtin_sets_share_the_test_photos_and_keep_scenes_apart():
     np.testing.assert_array_equal(legacy.test, scenes.test)
     assert len(legacy.train_batch.pyramids) == len(builtin.LEGACY_TRAIN_PHOTOS)
     assert len(legacy.val) == 24 and len(scenes.val) == 40
+    plus = load_data("builtin", 32, builtin_set="scenes_plus")
+    assert len(plus.train_batch.pyramids) == 13 and "13 train photos" in plus.description
+    np.testing.assert_array_equal(plus.val, scenes.val)
+    np.testing.assert_array_equal(plus.test, scenes.test)
     with pytest.raises(ValueError, match="train_set"):
         load_data("builtin", 32, builtin_set="imagenet")
 
