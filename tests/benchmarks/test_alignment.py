@@ -11,7 +11,7 @@ from benchmarks import alignment
 
 def test_rows_per_setting_and_residual_falls_with_the_krylov_space(tiny_run, tmp_path):
     workdir, _ = tiny_run()
-    settings = ["run:4:1:incremental:1e-4", "run:16:3:incremental:1e-4", "1e-6:16:3:batched:1e-4"]
+    settings = ["run:4:1:batched:1e-4", "1e-6:16:3:incremental:1e-4"]
     res = alignment.run(
         ["--run", str(workdir), "--n", "2", "--setting", *settings, "--out", str(tmp_path)]
     )
@@ -20,13 +20,14 @@ def test_rows_per_setting_and_residual_falls_with_the_krylov_space(tiny_run, tmp
     assert json.loads(js.read_text())["rows"] == json.loads(json.dumps(res["rows"]))
     text = md.read_text()
     assert "Givens" in text and "normal equations" in text and "| 16 x 3 |" in text
-    small, large, tight = res["rows"]
-    assert [r["n_images"] for r in res["rows"]] == [2, 2, 2]
-    assert tight["forward_tol"] == 1e-6 and small["forward_tol"] == large["forward_tol"]
+    small, large = res["rows"]
+    assert [r["n_images"] for r in res["rows"]] == [2, 2] and large["forward_tol"] == 1e-6
     for r in res["rows"]:
         assert -1 - 1e-6 <= r["cos_jfb_ift"] <= 1 + 1e-6 and r["grad_norm_jfb"] > 0
-    # GMRES(16)'s first cycle minimises over a space holding GMRES(4)'s, per image.
-    assert large["ift_adjoint_residual_max"] <= small["ift_adjoint_residual_max"] * (1 + 1e-3)
+    # Three cycles of GMRES(16) from a tighter fixed point leave a smaller adjoint
+    # residual than one cycle of GMRES(4) (which stops far from the tolerance).
+    assert small["ift_adjoint_residual_max"] > 1e-4
+    assert large["ift_adjoint_residual_max"] < small["ift_adjoint_residual_max"]
 
 
 @pytest.mark.parametrize("bad", ["1e-5:60:20:qr:1e-4", "1e-5:60:20", "x:60:20:batched:1e-4"])
