@@ -181,7 +181,8 @@ def test_gradient_alignment_report_matches_dense_jfb_and_ift_gradients(x64):
         solver=jfbjax.Anderson(tol=1e-3, max_iter=50),
     )
     last = model.regulariser.layers[-1]
-    last.kernel[...] = 0.01 * jax.random.normal(jax.random.PRNGKey(1), last.kernel.shape)
+    noise = 0.01 * jax.random.normal(jax.random.PRNGKey(1), last.kernel.shape)
+    last.kernel[...] = noise.astype(last.kernel.dtype)
     graphdef, state = nnx.split(model)
     model = nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(jnp.float64), state))
     d = jax.random.uniform(jax.random.PRNGKey(2), (2, 6, 6, 3), jnp.float64, -1, 1)
