@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from benchmarks.common import exit_status, markdown_table, run_meta, write_result
 from jfbjax import pretrained
+from jfbjax.backward import GMRES_METHODS
 from jfbjax.data.loader import load_data_from_config
 from jfbjax.training.contraction import gradient_alignment_report
 from jfbjax.training.records import evaluation_images
@@ -66,7 +67,7 @@ def _parse_setting(text: str) -> dict:
             f"--setting {text!r}: expected forward_tol:restart:cycles:method:tol, "
             "e.g. 1e-5:60:20:incremental:1e-4 (forward_tol 'run': the run's solver)"
         ) from None
-    if method not in ("batched", "incremental") or min(setting["restart"], setting["cycles"]) < 1:
+    if method not in GMRES_METHODS or min(setting["restart"], setting["cycles"]) < 1:
         raise argparse.ArgumentTypeError(
             f"--setting {text!r}: method must be batched or incremental, restart and cycles >= 1"
         )

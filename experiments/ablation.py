@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from experiments.compare import LearnedRun, _complete, _machine, _train, _training_time
-from experiments.compare_report import COS_NOTE, cos_cell, fmt
+from experiments.compare_report import COS_NOTE, adjoint_fields, cos_cell, fmt
 from experiments.configs import PRESETS, apply_overrides, get_config
 from jfbjax.training.records import jsonable
 
@@ -284,7 +284,6 @@ def _row(lever: Lever, per_seed: list[dict]) -> dict:
 
 def _seed_record(results: dict, workdir: str, seed: int) -> dict:
     test = results["test"]["model"]
-    alignment = results.get("gradient_alignment") or {}
     return {
         "seed": seed,
         "psnr_standard": test["psnr_standard"],
@@ -297,9 +296,7 @@ def _seed_record(results: dict, workdir: str, seed: int) -> dict:
         "contraction_max": test.get("contraction_max"),
         "mean_iterations": test["mean_iterations"],
         "fraction_converged": test["fraction_converged"],
-        "ift_adjoint_converged": results.get("ift_adjoint_converged_during_training"),
-        "cos_jfb_ift": alignment.get("cos_jfb_ift"),
-        "cos_reference_converged": alignment.get("ift_adjoint_converged"),
+        **adjoint_fields(results),
         "ms_per_step": results["timing"]["ms_per_step"],
         "train_time_s": _training_time(workdir)[0],
         "total_time_s": results["total_time_s"],

@@ -47,7 +47,12 @@ import numpy as np
 from flax import nnx
 
 import jfbjax
-from experiments.compare_report import aggregate, plot_psnr_vs_time, table_markdown
+from experiments.compare_report import (
+    adjoint_fields,
+    aggregate,
+    plot_psnr_vs_time,
+    table_markdown,
+)
 from experiments.configs import PRESETS, apply_overrides, compare_settings, get_config
 from jfbjax.builders import solver_from_config
 from jfbjax.data import load_data_from_config
@@ -352,13 +357,10 @@ def _implicit_record(results: dict) -> dict:
     training and cos(JFB, IFT) of the trained model, from a run's results.json (all
     measured by ``train_and_evaluate`` on the final parameters and these test images)."""
     contraction = results.get("contraction") or {}
-    alignment = results.get("gradient_alignment") or {}
     return {
         "contraction_mean": contraction.get("test_mean"),
         "contraction_max": contraction.get("test_max"),
-        "ift_adjoint_converged": results.get("ift_adjoint_converged_during_training"),
-        "cos_jfb_ift": alignment.get("cos_jfb_ift"),
-        "cos_reference_converged": alignment.get("ift_adjoint_converged"),
+        **adjoint_fields(results),
     }
 
 

@@ -34,6 +34,18 @@ def fmt(x, spec=".2f", none="–"):
     return none if x is None else format(x, spec)
 
 
+def adjoint_fields(results: dict) -> dict:
+    """The IFT-adjoint and cos(JFB, IFT) fields of a table row, from a run's
+    results.json: training adjoints' converged share, the cosine and its
+    reference adjoints' converged share (None where the run has no such record)."""
+    alignment = results.get("gradient_alignment") or {}
+    return {
+        "ift_adjoint_converged": results.get("ift_adjoint_converged_during_training"),
+        "cos_jfb_ift": alignment.get("cos_jfb_ift"),
+        "cos_reference_converged": alignment.get("ift_adjoint_converged"),
+    }
+
+
 def cos_cell(row: dict) -> str:
     """cos(JFB, IFT) with, in brackets, the share of its reference IFT adjoints that
     converged (absent from records written before that share was kept)."""

@@ -262,6 +262,8 @@ class Phantom(AbstractBackward):
 
 
 _IFT_SOLVERS = ("anderson", "picard", "broyden", "gmres")
+#: ``solve_method`` values of ``jax.scipy.sparse.linalg.gmres`` that :class:`IFT` accepts.
+GMRES_METHODS = ("batched", "incremental")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,9 +331,9 @@ class IFT(AbstractBackward):
             _solvers._check_common(self.tol, self.max_iter)
         elif not isinstance(self.solver, AbstractSolver):
             raise ValueError(f"IFT solver must be a name or a solver instance, got {self.solver!r}")
-        if self.gmres_method not in ("batched", "incremental"):
+        if self.gmres_method not in GMRES_METHODS:
             raise ValueError(
-                f"gmres_method must be 'batched' or 'incremental', got {self.gmres_method!r}"
+                f"gmres_method must be one of {GMRES_METHODS}, got {self.gmres_method!r}"
             )
         if not isinstance(self.restart, int) or self.restart < 1:
             raise ValueError(f"restart must be an integer >= 1, got {self.restart!r}")

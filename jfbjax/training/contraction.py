@@ -338,10 +338,10 @@ def alignment_from_config(
     """:func:`gradient_alignment_report` of a trained model (``graphdef`` and a
     train state with ``params`` and ``rest``) on the first
     ``config.contraction.align_images`` test images (default 8, at most all),
-    with ``align_cycles`` GMRES restarts (default 20) of ``align_restart``
-    vectors (default 60) to ``align_tol`` (default 1e-4), after a forward
-    solve to ``align_forward_tol`` (default 1e-5); None when ``align_images``
-    is 0, in which case the model is not built."""
+    with ``align_cycles`` GMRES restarts of ``align_restart`` vectors to
+    ``align_tol``, after a forward solve to ``align_forward_tol`` (a field the
+    config lacks takes the report's default); None when ``align_images`` is 0,
+    in which case the model is not built."""
     from flax import nnx
 
     c = config.get("contraction", {})
@@ -350,12 +350,11 @@ def alignment_from_config(
         return None
     model = nnx.merge(graphdef, *jax.device_get((state.params, state.rest)))
     d, x = jnp.asarray(d_test[:n]), jnp.asarray(x_test[:n])
-    return gradient_alignment_report(
-        model,
-        d,
-        x,
-        tol=float(c.get("align_tol", 1e-4)),
-        restart=int(c.get("align_restart", 60)),
-        cycles=int(c.get("align_cycles", 20)),
-        forward_tol=float(c.get("align_forward_tol", 1e-5)),
-    )
+    fields = {
+        "align_tol": ("tol", float),
+        "align_restart": ("restart", int),
+        "align_cycles": ("cycles", int),
+        "align_forward_tol": ("forward_tol", float),
+    }
+    kwargs = {arg: cast(c[key]) for key, (arg, cast) in fields.items() if key in c}
+    return gradient_alignment_report(model, d, x, **kwargs)
