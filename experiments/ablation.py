@@ -243,6 +243,12 @@ LEVERS: tuple[Lever, ...] = (
         (*_PC25_E02, "steps=300"),
         group="combination",
     ),
+    Lever(
+        "tv_pc25_e02_b8",
+        "the same (the cpu default), batch 8 and 500 steps (same images seen, twice the updates)",
+        (*_PC25_E02, "batch_size=8", "steps=500", "optim.warmup=40"),
+        group="combination",
+    ),
 )
 
 
