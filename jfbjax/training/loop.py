@@ -166,8 +166,9 @@ def train_and_evaluate(
     Returns:
       The results dict that is also written to ``workdir/results.json``. Its
       ``timing`` says where the wall time went, in seconds: ``baselines_s``
-      (classical methods tuned and scored), ``first_step_s`` (the first
-      training step, compilation included), ``ms_per_step`` (mean of the
+      (classical methods tuned and scored; near 0 when this process had them
+      already, see :func:`~jfbjax.training.classical.evaluate_baselines`),
+      ``first_step_s`` (the first training step, compilation included), ``ms_per_step`` (mean of the
       steps), ``eval_s`` (the evaluations during training), ``final_eval_s``,
       ``alignment_s`` (the JFB/IFT gradient-alignment report), ``figures_s``
       and ``total_s``.
