@@ -91,7 +91,11 @@ _BASELINE_CACHE_SIZE = 8
 
 
 def clear_baseline_cache() -> None:
-    """Forgets the baselines :func:`evaluate_baselines` has kept in this process."""
+    """Forgets the baselines :func:`evaluate_baselines` has kept in this process.
+
+    Not needed for correctness (the kept results are keyed by everything they
+    depend on); for a caller that wants the next call timed from scratch, or
+    its memory back."""
     _BASELINE_CACHE.clear()
 
 
