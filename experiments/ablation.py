@@ -249,6 +249,18 @@ LEVERS: tuple[Lever, ...] = (
         (*_PC25_E02, "batch_size=8", "steps=500", "optim.warmup=40"),
         group="combination",
     ),
+    Lever(
+        "tv_pc25_e02_nosn",
+        "the same (the cpu default), no spectral normalisation of R's convolutions",
+        (*_PC25_E02, "model.spectral_norm=false"),
+        group="combination",
+    ),
+    Lever(
+        "tv_pc25_e02_psnr",
+        "the same (the cpu default), PSNR loss (each image's MSE weighted by its inverse)",
+        (*_PC25_E02, "optim.loss=psnr"),
+        group="combination",
+    ),
 )
 
 

@@ -61,11 +61,17 @@ regularisation), ``tol`` (relative residual), ``max_iter``.
 ``tol`` / ``max_iter`` / ``adjoint_solver`` (IFT's adjoint solve).
 ``optim``: ``lr`` (peak), ``schedule`` (cosine|constant), ``warmup`` (linear
 warm-up steps), ``grad_clip`` (global norm; 0 disables), ``weight_decay``
-(decoupled, AdamW; 0 gives plain Adam).
+(decoupled, AdamW; 0 gives plain Adam), ``loss`` (mse | psnr: the mean
+squared error, or the same with each image weighted by the inverse of its
+own MSE, whose gradient is that of the mean per-image PSNR,
+``jfbjax.training.steps.psnr_weighted_mse``).
 ``steps``, ``batch_size`` (global, divisible by the device count), ``seed``,
 ``log_every`` (steps between ``metrics.jsonl`` records), ``eval_every``
 (steps between validation/test evaluations), ``checkpoint_every`` (steps
 between "latest" checkpoints), ``eval_batch_size``, ``num_figure_images``,
+``self_ensemble`` (also score the trained model averaged over the 8
+flips/rotations of its input, 8 solves an image, on val and test, reported
+beside the plain model: ``jfbjax.models.SelfEnsemble``; report only),
 ``tikhonov.weights`` (the grid of the weight ``w`` of ``||A x - d||^2 + w
 ||x||^2`` tuned on the validation images, for both classical solutions of
 that problem: exact CG and the FFT (Wiener) form; called ``wiener.weights``
@@ -165,6 +171,7 @@ def _base() -> ml_collections.ConfigDict:
     c.optim.warmup = 0
     c.optim.grad_clip = 1.0
     c.optim.weight_decay = 0.0
+    c.optim.loss = "mse"
 
     c.steps = 1000
     c.batch_size = 32
@@ -174,6 +181,7 @@ def _base() -> ml_collections.ConfigDict:
     c.eval_every = 200
     c.checkpoint_every = 200
     c.num_figure_images = 4
+    c.self_ensemble = False
 
     c.tikhonov = ml_collections.ConfigDict()
     c.tikhonov.weights = tuple(10.0**e for e in (-4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5))
@@ -210,6 +218,7 @@ def _smoke() -> ml_collections.ConfigDict:
     c.contraction.align_images = 2
     c.contraction.align_cycles = 3
     c.contraction.align_restart = 10
+    c.self_ensemble = True
     return c
 
 

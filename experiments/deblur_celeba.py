@@ -212,6 +212,8 @@ def format_table(results: dict) -> str:
         *([(f"TV (w={test['tv']['weight']:.2g})", test["tv"])] if "tv" in test else []),
         (results["model"]["name"], test["model"]),
     ]
+    if ensemble := results.get("self_ensemble"):
+        rows.append((f"{results['model']['name']} x8 flips", ensemble["test"]))
 
     def num(v, fmt):
         return "nan" if v is None else format(v, fmt)

@@ -53,8 +53,9 @@ def x64():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """Factory: train the ``smoke`` preset for ``steps`` steps (warm-up 1, final
-    evaluation only, no TV baseline, no alignment report) into a fresh folder, with
-    ``key=value`` overrides as on the command line. Returns ``(workdir, results)``."""
+    evaluation only, no TV baseline, no alignment report, no self-ensemble) into a
+    fresh folder, with ``key=value`` overrides as on the command line. Returns
+    ``(workdir, results)``."""
 
     def make(*overrides: str, steps: int = 2):
         from experiments.configs import apply_overrides, get_config
@@ -68,6 +69,7 @@ def tiny_run(tmp_path_factory):
         # report unless asked for (tests/experiments cover both on the full smoke run).
         config.tv.weights = ()
         config.contraction.align_images = 0
+        config.self_ensemble = False
         apply_overrides(config, overrides)
         workdir = tmp_path_factory.mktemp("run")
         return workdir, train_and_evaluate(config, workdir, progress=False)

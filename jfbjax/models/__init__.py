@@ -9,19 +9,31 @@ from jfbjax.models.dncnn import (
     freeze_spectral_norm,
     spectral_norm_estimate,
 )
+from jfbjax.models.ensemble import (
+    DIHEDRAL,
+    SelfEnsemble,
+    check_dihedral_symmetric,
+    dihedral,
+    dihedral_inverse,
+)
 from jfbjax.models.pnp import pnp_pgd
 
 __all__ = [
     "DEGRAD",
+    "DIHEDRAL",
     "FAMILIES",
     "STARTS",
     "DEProx",
     "DnCNN",
     "FeedForward",
     "PowerVector",
+    "SelfEnsemble",
     "SpectralConv",
     "backward_from_config",
     "build_model",
+    "check_dihedral_symmetric",
+    "dihedral",
+    "dihedral_inverse",
     "freeze_spectral_norm",
     "pnp_pgd",
     "solver_from_config",

@@ -18,7 +18,7 @@ import jfbjax
 from jfbjax.imaging.metrics import evaluate
 from jfbjax.training.parallel import DataParallel
 
-__all__ = ["predict", "score", "score_model", "score_run"]
+__all__ = ["predict", "score", "score_model", "score_run", "score_self_ensemble"]
 
 
 def score(x_true: np.ndarray, x_hat: np.ndarray) -> dict[str, float]:
@@ -102,6 +102,43 @@ def score_model(
     metrics["max_iterations"] = int(np.max(iterations))
     metrics["fraction_converged"] = float(np.mean(status == int(jfbjax.CONVERGED)))
     return metrics, x_hat
+
+
+def score_self_ensemble(
+    graphdef,
+    params,
+    rest,
+    sets: dict[str, tuple[np.ndarray, np.ndarray]],
+    batch_size: int,
+    dp: DataParallel,
+) -> dict[str, dict[str, float]]:
+    """Scores the model of ``(graphdef, params, rest)`` averaged over the 8 symmetries of
+    the square (:class:`~jfbjax.models.ensemble.SelfEnsemble`) on each of ``sets``.
+
+    Args:
+      graphdef, params, rest: the model's state, as for :func:`score_model`.
+      sets: name -> ``(d, x_true)``, e.g. ``{"val": ..., "test": ...}``.
+      batch_size, dp: as for :func:`score_model`.
+
+    Returns:
+      name -> :func:`score_model`'s metrics, with ``mean_iterations`` and
+      ``max_iterations`` counting the 8 solves of an image together.
+
+    Raises:
+      ValueError: the blur does not commute with the symmetries, or the images are not square.
+    """  # fmt: skip
+    from flax import nnx
+
+    from jfbjax.models.ensemble import SelfEnsemble
+    from jfbjax.training.steps import make_eval_step
+
+    ensemble = SelfEnsemble(nnx.merge(graphdef, params, rest))
+    e_graphdef, e_params, e_rest = nnx.split(ensemble, nnx.Param, ...)
+    step = make_eval_step(e_graphdef, dp)
+    return {
+        name: score_model(step, e_params, e_rest, d, x_true, batch_size, dp)[0]
+        for name, (d, x_true) in sets.items()
+    }
 
 
 def score_run(run, split: str = "test", data=None, contraction: bool = True):

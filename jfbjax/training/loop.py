@@ -46,7 +46,7 @@ from jfbjax.training.contraction import (
     make_contraction_eval,
     penalty_from_config,
 )
-from jfbjax.training.evaluation import score_model
+from jfbjax.training.evaluation import score_model, score_self_ensemble
 from jfbjax.training.parallel import DataParallel
 from jfbjax.training.pretrain import pretrain_from_config
 from jfbjax.training.profiling import StepClock
@@ -216,7 +216,8 @@ def train_and_evaluate(
     clock = StepClock(before=log.train_time_before())  # a resumed run's clock continues
     penalty = penalty_from_config(config) if implicit else None
     schedule = make_schedule(config.optim, steps)
-    train_step = make_train_step(graphdef, tx, blur, float(config.noise_std), dp, schedule, penalty)
+    train_step = make_train_step(graphdef, tx, blur, float(config.noise_std), dp, schedule,
+                                 penalty, loss=str(config.optim.get("loss", "mse")))  # fmt: skip
     eval_step = make_eval_step(graphdef, dp)
     eval_bs = int(config.eval_batch_size)
     contraction = make_contraction_eval(graphdef, config, eval_bs) if implicit else None
@@ -281,6 +282,13 @@ def train_and_evaluate(
 
     if train_step.traces > 1:
         _say(f"warning: the training step was traced {train_step.traces} times (expected 1)")
+    t0 = time.perf_counter()
+    ensemble = None
+    if bool(config.get("self_ensemble", False)):
+        sets = {"val": (d_val, x_val), "test": (d_test, x_test)}
+        ensemble = score_self_ensemble(graphdef, state.params, state.rest, sets, eval_bs, dp)
+        _say(_ensemble_line(ensemble))
+    ensemble_s = time.perf_counter() - t0
     if jax.process_index() != 0:  # process 0 writes the figures and results
         return {"test": {"model": test}, "total_time_s": time.perf_counter() - t_begin}
     alignment = None
@@ -305,7 +313,8 @@ def train_and_evaluate(
                     "best_step": best_step, "pretraining": setup.pretrain}  # fmt: skip
     timing = {"steps_run": steps - start, "ms_per_step": clock.ms_per_step(),
               "first_step_s": clock.first_s, "eval_s": clock.eval_s, "baselines_s": baseline_s,
-              "final_eval_s": final_eval_s, "alignment_s": alignment_s, "figures_s": figures_s,
+              "final_eval_s": final_eval_s, "self_ensemble_s": ensemble_s,
+              "alignment_s": alignment_s, "figures_s": figures_s,
               "total_s": total_s, "train_step_traces": train_step.traces}  # fmt: skip
     return write_results(run_dir, {
         "config": config_record, "data": data_record(data),
@@ -315,7 +324,7 @@ def train_and_evaluate(
         "contraction": _contraction_record(test, config) if implicit else None,
         "ift_adjoint_converged_during_training": adjoint_stats and adjoint_stats.fraction,
         "ift_adjoint_solves_during_training": adjoint_stats and adjoint_stats.total,
-        "gradient_alignment": alignment, "timing": timing,
+        "gradient_alignment": alignment, "self_ensemble": ensemble, "timing": timing,
         "ms_per_step": timing["ms_per_step"], "total_time_s": total_s,
         "resumed_from_step": start if resume else None,
         "device": device_info(dp), "outputs": figures,
@@ -383,6 +392,14 @@ def _contraction_record(test: dict, config) -> dict:
         "test_max": test["contraction_max"],
         "power_iters": int(config.get("contraction", {}).get("eval_iters", 20)),
     }
+
+
+def _ensemble_line(ensemble: dict) -> str:
+    return (
+        f"test, the model averaged over the 8 flips/rotations of its input (8 solves "
+        f"an image): {format_metrics(ensemble['test'])}; val PSNR "
+        f"{ensemble['val']['psnr_standard']:.2f} dB (standard)"
+    )
 
 
 def _eval_line(step: int, val: dict, test: dict) -> str:

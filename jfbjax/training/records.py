@@ -22,6 +22,7 @@ from jfbjax.imaging.noise import degrade
 from jfbjax.training.parallel import DataParallel
 
 __all__ = [
+    "ADDED_FIELDS",
     "RENAMED_FIELDS",
     "REPORT_FIELDS",
     "MetricsLog",
@@ -84,14 +85,28 @@ def config_json(config: ml_collections.ConfigDict) -> dict:
 RENAMED_FIELDS: dict[str, str] = {"wiener.weights": "tikhonov.weights"}
 
 
-def upgrade_config_record(record: dict) -> dict:
-    """A ``config.json`` record with the :data:`RENAMED_FIELDS` spelt as now (a new dict).
+#: Config fields added since runs were first recorded, with the value that gives
+#: the behaviour of a run recorded before the field existed: dotted key -> value.
+#: :func:`upgrade_config_record` fills them into old ``config.json`` files.
+ADDED_FIELDS: dict[str, object] = {"optim.loss": "mse"}
 
-    A run folder written before a rename compares equal to the same
-    configuration written after it (:func:`config_diff`), and restores.
+
+def upgrade_config_record(record: dict) -> dict:
+    """A ``config.json`` record spelt as now (a new dict): the :data:`RENAMED_FIELDS`
+    under their new names, and the :data:`ADDED_FIELDS` it lacks at their old-behaviour values.
+
+    A run folder written before a rename or an addition compares equal to the
+    same configuration written after it (:func:`config_diff`), and restores.
     A section left empty by the move is dropped; ``record`` is unchanged.
     """
     out = json.loads(json.dumps(record))
+    for key, value in ADDED_FIELDS.items():
+        *path, leaf = key.split(".")
+        parent = out
+        for part in path:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.setdefault(leaf, value)
     for old, new in RENAMED_FIELDS.items():
         *old_path, old_leaf = old.split(".")
         parent = out
@@ -147,14 +162,16 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 #: Config fields that only set how a finished model is reported (the final
-#: cos(JFB, IFT) measurement), not what is trained: :func:`training_diff` ignores
-#: them, so a run recorded before one was added or changed is still reused.
+#: cos(JFB, IFT) measurement, the self-ensemble's scores), not what is trained:
+#: :func:`training_diff` ignores them, so a run recorded before one was added or
+#: changed is still reused.
 REPORT_FIELDS: tuple[str, ...] = (
     "contraction.align_images",
     "contraction.align_cycles",
     "contraction.align_restart",
     "contraction.align_tol",
     "contraction.align_forward_tol",
+    "self_ensemble",
 )
 
 

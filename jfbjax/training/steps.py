@@ -4,7 +4,8 @@ One training step, all inside one ``jax.jit``:
 
     d      = A x + sigma * n,          n ~ N(0, I) from fold_in(key, step)
     x_hat  = model(d)                  (fixed-point solve; custom_vjp backward)
-    loss   = mean_i ||x_hat_i - x_i||^2 / (H W C)
+    loss   = mean_i ||x_hat_i - x_i||^2 / (H W C)     (loss="mse"; "psnr": each
+             image weighted by 1 / its own MSE, see psnr_weighted_mse)
              (+ contraction penalties of T at x_hat, when configured)
     g      = d loss / d params          (JFB / IFT / Neumann / unrolled, per config)
     params <- params + optax update(g)
@@ -32,7 +33,18 @@ from jfbjax.training.contraction import ContractionPenalty
 from jfbjax.training.parallel import DataParallel
 from jfbjax.training.train_state import TrainState
 
-__all__ = ["CountingJit", "batch_psnr", "make_eval_step", "make_train_step", "mse_loss"]
+__all__ = [
+    "LOSSES",
+    "CountingJit",
+    "batch_psnr",
+    "make_eval_step",
+    "make_train_step",
+    "mse_loss",
+    "psnr_weighted_mse",
+]
+
+#: Training losses of ``config.optim.loss`` (:func:`make_train_step`).
+LOSSES = ("mse", "psnr")
 
 
 class CountingJit:
@@ -73,6 +85,33 @@ def mse_loss(x_hat: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(diff))
 
 
+def psnr_weighted_mse(x_hat: jax.Array, x: jax.Array) -> jax.Array:
+    r"""The MSE with each image weighted by the inverse of its own MSE: a loss whose
+    gradient is that of the batch's mean PSNR, at the MSE's scale.
+
+    With ``m_i`` the MSE of image ``i`` and ``m = mean_i m_i``,
+
+    .. math:: L = \frac{1}{N} \sum_i \frac{\bar m}{\mathrm{sg}(m_i)}\, m_i,
+              \qquad \nabla L = \frac{\bar m}{N} \sum_i \frac{\nabla m_i}{m_i}
+              = -\frac{\ln 10}{10}\, \bar m\; \nabla\, \mathrm{mean}_i\, \mathrm{PSNR}_i,
+
+    where ``sg`` stops gradients and ``m_bar`` is held constant too. The value
+    equals the MSE (``L = m_bar``), and its gradient equals the MSE's when every
+    image has the same error; so the learning rate, Adam's epsilon and the
+    gradient clipping keep their meaning, while the direction is the one that
+    raises the mean per-image PSNR, the metric every table reports. Plain MSE
+    weights images by their error: textured crops, whose error is large,
+    dominate it, and smooth crops, where a small absolute error is a large
+    PSNR difference, barely count. With data parallelism ``m_bar`` is each
+    device's own batch mean. Returns a scalar in at least float32.
+    """
+    diff = (x_hat - x).astype(jnp.promote_types(x.dtype, jnp.float32))
+    per_image = jnp.mean(jnp.square(diff), axis=tuple(range(1, x.ndim)))
+    fixed = jax.lax.stop_gradient(per_image)
+    weights = jnp.mean(fixed) / jnp.maximum(fixed, jnp.finfo(fixed.dtype).tiny)
+    return jnp.mean(jax.lax.stop_gradient(weights) * per_image)
+
+
 def batch_psnr(x_hat: jax.Array, x: jax.Array) -> jax.Array:
     """Mean PSNR of a batch in the standard convention, ``10 log10(2^2 / MSE_i)``.
 
@@ -102,6 +141,7 @@ def make_train_step(
     dp: DataParallel,
     schedule: optax.Schedule | None = None,
     penalty: ContractionPenalty | None = None,
+    loss: str = "mse",
 ) -> CountingJit:
     """The jitted ``train_step(state, clean_batch) -> (state, metrics)``.
 
@@ -124,12 +164,19 @@ def make_train_step(
     reached the tolerance), ``grad_norm`` (before clipping), ``lr`` (when a
     schedule is given) and ``finite`` (1 when the update was applied).
 
+    ``loss``: what is minimised, "mse" (:func:`mse_loss`) or "psnr"
+    (:func:`psnr_weighted_mse`: each image weighted by the inverse of its
+    MSE, the gradient of the mean PSNR); the ``loss`` metric is the MSE either way.
+
     With a ``penalty`` (:class:`~jfbjax.training.contraction.ContractionPenalty`,
     for implicit models with a ``step(x, d)`` map) the minimised loss is the
     MSE plus the penalty of ``T`` at the solver's output; ``loss`` stays the
     MSE and ``penalty`` (and ``jacobian_fro2`` / ``spectral``, the estimates)
     join the metrics.
     """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    objective = mse_loss if loss == "mse" else psnr_weighted_mse
     axis = DataParallel.AXIS
 
     def local_grads(params, rest, clean, d, key):
@@ -141,12 +188,12 @@ def make_train_step(
             _, _, new_rest = nnx.split(model, nnx.Param, ...)
             mse = mse_loss(x_hat, clean)
             extra = {}
-            total = mse
+            total = mse if objective is mse_loss else objective(x_hat, clean)
             if penalty is not None:
                 key_dev = jax.random.fold_in(key, jax.lax.axis_index(axis))
                 pen, extra = penalty(freeze_spectral_norm(model).step, x_hat, d, key_dev)
                 extra = {**extra, "penalty": pen}
-                total = mse + pen
+                total = total + pen
             return total, (mse, x_hat, info, new_rest, extra)
 
         (_, (loss, x_hat, info, new_rest, extra)), grads = jax.value_and_grad(

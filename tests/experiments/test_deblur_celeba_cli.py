@@ -68,6 +68,12 @@ def test_smoke_preset_end_to_end(tmp_path, monkeypatch, capsys):
     assert -1 <= a["cos_jfb_ift"] <= 1 and a["n_images"] == 2 and a["grad_norm_ift"] > 0
     assert 0 <= a["ift_adjoint_converged"] <= 1
     assert results["ift_adjoint_converged_during_training"] is None  # a JFB run
+    # The smoke preset also scores the model averaged over the 8 flips/rotations.
+    ensemble = results["self_ensemble"]
+    for split in ("val", "test"):
+        assert METRIC_KEYS <= set(ensemble[split]) and ensemble[split]["nonfinite_images"] == 0
+    plain_iters = results["test"]["model"]["mean_iterations"]
+    assert 4 * plain_iters < ensemble["test"]["mean_iterations"] <= 8 * 15  # 8 solves an image
     assert {"mean_iterations", "fraction_converged"} <= set(results["test"]["model"])
     assert 0.0 <= results["fraction_converged"] <= 1.0
     assert results["mean_forward_iterations"] >= 1
@@ -75,7 +81,8 @@ def test_smoke_preset_end_to_end(tmp_path, monkeypatch, capsys):
     assert results["timing"]["train_step_traces"] == 1
     # Where the wall time went: the parts are measured separately and fit in the total.
     t = results["timing"]
-    parts = ("baselines_s", "eval_s", "final_eval_s", "alignment_s", "figures_s")
+    parts = ("baselines_s", "eval_s", "final_eval_s", "self_ensemble_s", "alignment_s",
+             "figures_s")  # fmt: skip
     assert all(t[k] >= 0 for k in parts) and t["alignment_s"] > 0  # the smoke run aligns
     assert sum(t[k] for k in parts) + t["steps_run"] * t["ms_per_step"] / 1e3 <= t["total_s"]
     assert results["device"]["num_devices"] >= 1 and results["device"]["platform"] == "cpu"
@@ -101,6 +108,7 @@ def test_smoke_preset_end_to_end(tmp_path, monkeypatch, capsys):
         "Tikhonov CG",
         "TV (w=",
         "DE-GRAD+JFB",
+        "DE-GRAD+JFB x8 flips",
         "contraction ||dT/dx|| mean",
     ):
         assert text in stdout, text

@@ -27,6 +27,7 @@ from jfbjax.training import (
     mse_loss,
     predict,
 )
+from jfbjax.training.steps import psnr_weighted_mse
 
 
 class _Rig:
@@ -108,6 +109,54 @@ def test_loss_and_psnr():
     assert float(batch_psnr(y, x)) == pytest.approx(expected, rel=1e-5)
     standard = psnr(y, x, convention="standard")  # the metric the evaluation reports
     assert float(batch_psnr(y, x)) == pytest.approx(float(jnp.mean(standard)), rel=1e-5)
+
+
+def test_psnr_weighted_mse_is_the_mse_with_the_gradient_of_the_mean_psnr():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(-1, 1, (3, 4, 4, 3)))
+    # images with very different errors: plain MSE is dominated by the last one
+    scale = jnp.asarray([0.01, 0.05, 0.3])[:, None, None, None]
+    y = x + jnp.asarray(rng.normal(size=x.shape)) * scale
+    with jax.enable_x64(True):
+        x64, y64 = x.astype(jnp.float64), y.astype(jnp.float64)
+        m_bar = float(mse_loss(y64, x64))
+        assert float(psnr_weighted_mse(y64, x64)) == pytest.approx(m_bar, rel=1e-12)
+        g = jax.grad(psnr_weighted_mse)(y64, x64)
+        g_psnr = jax.grad(batch_psnr)(y64, x64)  # mean of 10 log10(4 / m_i)
+        np.testing.assert_allclose(g, -np.log(10.0) / 10.0 * m_bar * g_psnr, rtol=1e-10, atol=0)
+        # not the MSE's direction when the errors differ ...
+        g_mse = np.ravel(jax.grad(mse_loss)(y64, x64))
+        cos = float(np.dot(np.ravel(g), g_mse) / np.linalg.norm(g) / np.linalg.norm(g_mse))
+        assert cos < 0.9
+        # ... and exactly it when every image has the same error
+        same = x64 + 0.1 * jnp.sign(jnp.asarray(rng.normal(size=x.shape)))
+        np.testing.assert_allclose(
+            jax.grad(psnr_weighted_mse)(same, x64), jax.grad(mse_loss)(same, x64), rtol=1e-12
+        )
+
+
+def test_train_step_minimises_the_configured_loss(rig):
+    """loss="psnr" moves the parameters along the inverse-MSE-weighted gradient,
+    and reports the same MSE as the default step does from the same state."""
+    sgd = optax.sgd(1.0)  # the update is the gradient (Adam's first step is its sign)
+    clean = _batch(3)
+    clean[0] = 0.0  # a flat image: small error, large weight under the PSNR loss
+    results = []
+    for loss in ("mse", "psnr"):
+        model = build_model(rig.config, rig.blur, nnx.Rngs(0))
+        graphdef, state = create_train_state(model, sgd, jax.random.PRNGKey(0))
+        step = make_train_step(graphdef, sgd, rig.blur, rig.config.noise_std, rig.dp, loss=loss)
+        new, metrics = step(rig.dp.replicate(state), rig.dp.shard_batch(clean))
+        results.append((float(metrics["loss"]), _host(new.params)))
+    (loss_mse, p_mse), (loss_psnr, p_psnr) = results
+    assert loss_psnr == pytest.approx(loss_mse, rel=1e-6)
+    differs = jax.tree.map(lambda a, b: not np.allclose(a, b, rtol=1e-6, atol=0), p_mse, p_psnr)
+    assert any(jax.tree.leaves(differs))
+
+
+def test_train_step_refuses_an_unknown_loss(rig):
+    with pytest.raises(ValueError, match="loss must be one of"):
+        make_train_step(rig.graphdef, rig.tx, rig.blur, 0.01, rig.dp, loss="l1")
 
 
 def test_create_train_state_checks_the_key(rig):

@@ -1,0 +1,127 @@
+r"""Geometric self-ensemble: average a deblurrer over the 8 symmetries of the square.
+
+The dihedral group ``D4`` of the pixel grid has 8 elements ``g``: the rotations
+by 0, 90, 180 and 270 degrees, each with or without a transpose. When the blur
+``A`` commutes with every ``g`` (``A g = g A``), the degraded image of a
+transformed scene is the transformed degraded image, ``A g x + n ~ g (A x + n)``
+for white noise, so ``g^{-1} f(g d)`` is as good an estimate of ``x`` as
+``f(d)`` for any deblurrer ``f`` trained with the same augmentations. A learned
+``f`` is only approximately equivariant; averaging the 8 estimates,
+
+.. math:: \hat x(d) = \frac{1}{8} \sum_{g \in D_4} g^{-1} f(g\, d),
+
+cancels the part of its error that is not (the "geometric self-ensemble" of
+restoration networks, e.g. Lim et al. 2017, EDSR). It is an inference-time
+estimator that costs 8 solves; the average of 8 fixed points is not itself a
+fixed point of ``T``, so contraction and iteration counts are those of the
+8 solves, not of the average.
+
+``A`` commutes with ``D4`` when its kernel does and the boundary treats the
+four sides alike: :func:`check_dihedral_symmetric` accepts the zero and
+circular boundaries with a kernel of odd side that is symmetric under
+transposes and flips (every isotropic Gaussian). An even side puts the
+kernel's centre half a pixel off the grid, so a flip shifts the blur by one
+pixel and the ensemble would average misaligned estimates: it is refused.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import jfbjax
+from jfbjax.imaging.blur import Blur
+
+__all__ = ["DIHEDRAL", "SelfEnsemble", "check_dihedral_symmetric", "dihedral", "dihedral_inverse"]
+
+#: Number of elements of the dihedral group of the square (4 rotations x optional transpose).
+DIHEDRAL = 8
+
+
+def _check_index(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < DIHEDRAL:
+        raise ValueError(f"the dihedral index must be an integer in [0, {DIHEDRAL}), got {k!r}")
+    return int(k)
+
+
+def dihedral(x: jax.Array, k: int) -> jax.Array:
+    """The ``k``-th symmetry of the square applied to (..., H, W, C) images:
+    a transpose of H and W when ``k >= 4``, then ``k % 4`` quarter turns."""
+    k = _check_index(k)
+    if k >= 4:
+        x = jnp.swapaxes(x, -3, -2)
+    return jnp.rot90(x, k % 4, axes=(-3, -2))
+
+
+def dihedral_inverse(x: jax.Array, k: int) -> jax.Array:
+    """The inverse of :func:`dihedral`: ``k % 4`` quarter turns back, then the
+    transpose when ``k >= 4``, so that ``dihedral_inverse(dihedral(x, k), k) == x``."""
+    k = _check_index(k)
+    x = jnp.rot90(x, -(k % 4), axes=(-3, -2))
+    if k >= 4:
+        x = jnp.swapaxes(x, -3, -2)
+    return x
+
+
+def check_dihedral_symmetric(blur: Blur) -> None:
+    """Raises ``ValueError`` unless ``blur`` commutes with the 8 symmetries of the square.
+
+    Requires an odd kernel side and a kernel equal to its transpose and its
+    flips (within 1e-12); both boundaries ("zero", "circular") treat the four
+    sides alike.
+    """
+    if blur.kernel_size % 2 == 0:
+        raise ValueError(
+            f"the self-ensemble needs an odd kernel side (got {blur.kernel_size}): an even "
+            "kernel is centred half a pixel off the grid, so a flip of the image shifts the blur"
+        )
+    h = blur.kernel
+    if not all(np.allclose(h, v, rtol=0, atol=1e-12) for v in (h.T, h[::-1], h[:, ::-1])):
+        raise ValueError("the self-ensemble needs a kernel symmetric under transposes and flips")
+
+
+class SelfEnsemble(nnx.Module):
+    """A deblurring model averaged over the 8 symmetries of the square (module docstring).
+
+    Args:
+      model: a model with ``model(d) -> (x_hat, info)`` on (N, H, W, C) batches
+        and a ``blur`` attribute (:class:`~jfbjax.models.DEGRAD`,
+        :class:`~jfbjax.models.DEProx`, :class:`~jfbjax.models.FeedForward`).
+        Its variables are shared, not copied. Images must be square (a quarter
+        turn swaps H and W).
+
+    ``SelfEnsemble(model)(d)`` returns ``(x_hat, info)`` like ``model``: ``x_hat``
+    the mean of the 8 back-transformed estimates, ``info`` a
+    :class:`jfbjax.SolverInfo` per image with ``iterations`` the total over the 8
+    solves (the cost of the estimate), ``residual`` the largest and ``status`` the
+    worst of the 8 (``CONVERGED`` only when every solve converged).
+
+    Raises:
+      ValueError: the blur does not commute with the symmetries
+        (:func:`check_dihedral_symmetric`), or the images are not square.
+    """
+
+    def __init__(self, model: nnx.Module):
+        check_dihedral_symmetric(model.blur)
+        self.model = model
+        self.blur = model.blur
+
+    def __call__(self, d: jax.Array) -> tuple[jax.Array, jfbjax.SolverInfo]:
+        if jnp.ndim(d) != 4 or d.shape[1] != d.shape[2]:
+            raise ValueError(
+                f"the self-ensemble needs a batch of square images (N, S, S, C), got {jnp.shape(d)}"
+            )
+        estimates, infos = [], []
+        for k in range(DIHEDRAL):
+            x_k, info_k = self.model(dihedral(d, k))
+            estimates.append(dihedral_inverse(x_k, k))
+            infos.append(info_k)
+        x_hat = sum(estimates[1:], estimates[0]) / DIHEDRAL
+        info = jfbjax.SolverInfo(
+            iterations=sum(i.iterations for i in infos),
+            residual=jnp.max(jnp.stack([i.residual for i in infos]), axis=0),
+            status=jnp.max(jnp.stack([i.status for i in infos]), axis=0),
+        )
+        return x_hat.astype(d.dtype), info

@@ -1,0 +1,112 @@
+"""The geometric self-ensemble (jfbjax.models.ensemble)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jfbjax
+from jfbjax.imaging.blur import Blur
+from jfbjax.models import (
+    DEGRAD,
+    DIHEDRAL,
+    DnCNN,
+    SelfEnsemble,
+    check_dihedral_symmetric,
+    dihedral,
+    dihedral_inverse,
+)
+
+
+def _images(n=2, size=8, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=(n, size, size, 3)), jnp.float32)
+
+
+def test_the_eight_symmetries_are_distinct_and_inverted():
+    x = _images()
+    seen = []
+    for k in range(DIHEDRAL):
+        y = dihedral(x, k)
+        np.testing.assert_array_equal(dihedral_inverse(y, k), x)
+        assert not any(np.array_equal(y, z) for z in seen), k
+        seen.append(np.asarray(y))
+    with pytest.raises(ValueError, match="dihedral index"):
+        dihedral(x, 8)
+
+
+@pytest.mark.parametrize("boundary", ["zero", "circular"])
+def test_a_symmetric_blur_commutes_with_every_symmetry(boundary):
+    blur = Blur(kernel_size=5, sigma=1.5, boundary=boundary)
+    check_dihedral_symmetric(blur)
+    x = _images()
+    for k in range(DIHEDRAL):
+        np.testing.assert_allclose(
+            blur.apply(dihedral(x, k)), dihedral(blur.apply(x), k), atol=1e-6
+        )
+
+
+def test_an_even_kernel_is_refused():
+    # Centred half a pixel off the grid: a flip shifts the blur by a pixel.
+    blur = Blur(kernel_size=4, sigma=1.5)
+    x = _images()
+    assert not np.allclose(blur.apply(dihedral(x, 2)), dihedral(blur.apply(x), 2), atol=1e-3)
+    with pytest.raises(ValueError, match="odd kernel side"):
+        check_dihedral_symmetric(blur)
+    with pytest.raises(ValueError, match="odd kernel side"):
+        SelfEnsemble(_Stub(blur))
+
+
+class _Stub(nnx.Module):
+    """``d -> A^T d + offset`` with 3 iterations reported per image: equivariant when
+    the offset is zero."""
+
+    def __init__(self, blur, offset=None):
+        self.blur = blur
+        self.offset = offset
+
+    def __call__(self, d):
+        x = self.blur.adjoint(d)
+        if self.offset is not None:
+            x = x + self.offset
+        n = d.shape[0]
+        info = jfbjax.SolverInfo(
+            iterations=jnp.full(n, 3, jnp.int32),
+            residual=jnp.arange(n, dtype=jnp.float32),
+            status=jnp.zeros(n, jnp.int32).at[0].set(jfbjax.MAX_ITER),
+        )
+        return x, info
+
+
+def test_an_equivariant_model_is_its_own_ensemble_and_others_are_averaged():
+    blur = Blur(kernel_size=3, sigma=1.0)
+    d = _images()
+    x_plain, _ = _Stub(blur)(d)
+    x_ens, info = SelfEnsemble(_Stub(blur))(d)
+    np.testing.assert_allclose(x_ens, x_plain, atol=1e-6)
+    # 8 solves an image: their iterations add up; the worst status and residual are kept.
+    np.testing.assert_array_equal(info.iterations, [24, 24])
+    np.testing.assert_array_equal(info.status, [int(jfbjax.MAX_ITER), int(jfbjax.CONVERGED)])
+    np.testing.assert_array_equal(info.residual, [0.0, 1.0])
+    # A fixed offset is not equivariant: the ensemble averages its 8 back-transforms.
+    offset = _images(n=1, seed=1)
+    x_off, _ = SelfEnsemble(_Stub(blur, offset))(d)
+    expected = x_plain + sum(dihedral_inverse(offset, k) for k in range(DIHEDRAL)) / DIHEDRAL
+    np.testing.assert_allclose(x_off, expected, atol=1e-5)
+
+
+def test_self_ensemble_of_a_degrad_model_under_jit():
+    """Shares the model's variables, jits, and refuses non-square images."""
+    blur = Blur(kernel_size=3, sigma=1.0)
+    model = DEGRAD(blur, DnCNN(3, 2, 4, rngs=nnx.Rngs(0)), solver=jfbjax.Anderson(max_iter=10))
+    ensemble = SelfEnsemble(model)
+    assert ensemble.model is model
+    d = _images(size=8)
+    x_ens, info = nnx.jit(lambda e, d: e(d))(ensemble, d)
+    manual = sum(dihedral_inverse(model(dihedral(d, k))[0], k) for k in range(DIHEDRAL)) / 8
+    np.testing.assert_allclose(x_ens, manual, atol=1e-5)
+    assert np.all(np.asarray(info.iterations) >= 8)
+    with pytest.raises(ValueError, match="square images"):
+        ensemble(jax.numpy.zeros((1, 8, 6, 3)))
