@@ -261,6 +261,12 @@ LEVERS: tuple[Lever, ...] = (
         (*_PC25_E02, "optim.loss=psnr"),
         group="combination",
     ),
+    Lever(
+        "tv_pc25_e02_exact",
+        "the same (the cpu default), exact preconditioner (eigendecomposition) for 10 Chebyshev steps",
+        (*_PC25_E02, "model.precond_iters=0"),
+        group="combination",
+    ),
 )
 
 

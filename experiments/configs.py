@@ -33,8 +33,9 @@ the first convolution, the solver state and norms stay float32),
 ``DEProx``), ``start`` (adjoint | cg: ``x0 = A^T d`` or ``start_iters`` CG
 iterations on ``(A^T A + start_weight I) x = A^T d``), ``precond`` (``mu > 0``:
 DE-GRAD's step preconditioned by ``~(A^T A + mu I)^{-1}``, ``precond_iters``
-Chebyshev iterations; same fixed points, better conditioned map; 0: the
-paper's map), ``tikhonov`` (``lam``: DE-GRAD's
+Chebyshev iterations, or 0 for the exact inverse by the eigendecomposition of
+the separable blur (about one ``A^T A``); same fixed points, better
+conditioned map; 0: the paper's map), ``tikhonov`` (``lam``: DE-GRAD's
 regulariser becomes ``lam x + R(x)``, so the untrained model is the Tikhonov
 solution; 0: the paper's map), ``tv_weight`` / ``tv_eps`` (``w``, ``eps``:
 R becomes ``w grad TV_eps(x) + R(x)``, a smoothed total-variation gradient

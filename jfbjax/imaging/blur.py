@@ -92,6 +92,27 @@ def zero_padded_band(n: int, g: tuple[float, ...]) -> np.ndarray:
     return m
 
 
+@functools.lru_cache(maxsize=64)
+def normal_eigh(n: int, g: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    r"""Eigendecomposition ``S = U diag(lam) U^T`` of ``S = M^T M``, with ``M`` the
+    ``(n, n)`` zero-padded 1-D correlation with the taps ``g`` (:func:`zero_padded_band`).
+
+    The zero-boundary ``A`` is ``M`` along each image axis (``A x = M_H x M_W^T``
+    per channel), so ``A^T A x = S_H x S_W`` and every function of ``A^T A`` is
+    diagonal in the basis ``U_H (.) U_W^T``: ``(A^T A + mu I)^{-1}`` divides the
+    coefficient ``(i, j)`` by ``lam_H[i] lam_W[j] + mu``
+    (:meth:`Blur.normal_inverse`). Returns ``(lam, U)`` (float64 NumPy,
+    read-only, cached per ``(n, g)``), ``lam`` clipped at 0 (``S`` is positive
+    semi-definite; rounding can make a zero eigenvalue slightly negative).
+    """
+    m = zero_padded_band(n, g)
+    lam, u = np.linalg.eigh(m.T @ m)
+    lam = np.maximum(lam, 0.0)
+    lam.flags.writeable = False
+    u.flags.writeable = False
+    return lam, u
+
+
 @dataclasses.dataclass(frozen=True)
 class Blur:
     """Depthwise Gaussian blur ``A``; frozen and hashable, hence static under ``jit``.
@@ -288,5 +309,54 @@ class Blur:
             step = rho_next * rho * step + (2.0 * rho_next / delta) * r
             rho = rho_next
         return y
+
+    def normal_inverse(self, x: jax.Array, mu: float) -> jax.Array:
+        r"""``(A^T A + mu I)^{-1} x``, exactly (to float rounding), for ``mu > 0``.
+
+        Zero boundary: ``A^T A`` acts on each channel as ``x -> S_H x S_W`` with
+        ``S = M^T M`` for the 1-D zero-padded blur matrix ``M`` of each axis, so in
+        the eigenbases of ``S_H`` and ``S_W`` (:func:`normal_eigh`) it is the
+        entrywise product with ``lam_H[i] lam_W[j]``, and
+
+        .. math:: (A^T A + \mu I)^{-1} x = U_H \Big[\frac{(U_H^T x U_W)_{ij}}
+                  {\lambda_{H,i} \lambda_{W,j} + \mu}\Big] U_W^T.
+
+        Circular boundary: ``irfft2(rfft2(x) / (|K|^2 + mu))`` with ``K`` the
+        transfer function. Cost: four products with ``n x n`` matrices (two FFTs
+        for circular), about one ``A^T A``; :meth:`normal_inverse_approx`'s
+        Chebyshev polynomial costs ``iters`` of them, and agrees with this to
+        ``2 q^iters`` (its docstring), 1.3e-4 for ``mu = 0.25`` and 10 iterations.
+        Symmetric positive definite, commutes with ``A^T A``; images up to
+        ``BANDED_MAX`` pixels a side for the zero boundary.
+        """
+        x = real_float(x)
+        check_image(x, "the input of Blur.normal_inverse")
+        if not (math.isfinite(float(mu)) and float(mu) > 0):
+            raise ValueError(f"mu must be a finite number > 0, got {mu!r}")
+        dtype = compute_dtype(x.dtype)
+        h, w = x.shape[-3], x.shape[-2]
+        if self.boundary == "circular":
+            k2 = np.abs(self.transfer_function(h, w)) ** 2
+            xf = jnp.fft.rfft2(x.astype(dtype), axes=(-3, -2))
+            scale = jnp.asarray((1.0 / (k2 + float(mu)))[..., None], dtype)
+            y = jnp.fft.irfft2(xf * scale, s=(h, w), axes=(-3, -2))
+            return y.astype(x.dtype)
+        if max(h, w) > BANDED_MAX:
+            raise ValueError(
+                f"Blur.normal_inverse (zero boundary) handles sides up to {BANDED_MAX} pixels, "
+                f"got {h} x {w}; use normal_inverse_approx"
+            )
+        g = tuple(float(v) for v in self.kernel_1d)
+        (lam_h, u_h), (lam_w, u_w) = normal_eigh(h, g), normal_eigh(w, g)
+        hi = jax.lax.Precision.HIGHEST
+        u_h, u_w = jnp.asarray(u_h, dtype), jnp.asarray(u_w, dtype)
+        y = x.astype(dtype)
+        # coefficients in the eigenbasis: U_H^T x U_W (axis -3 by U_H, axis -2 by U_W)
+        y = jnp.einsum("ih,...hwc->...iwc", u_h.T, y, precision=hi)
+        y = jnp.einsum("...iwc,wj->...ijc", y, u_w, precision=hi)
+        y = y * jnp.asarray((1.0 / (np.outer(lam_h, lam_w) + float(mu)))[..., None], dtype)
+        y = jnp.einsum("hi,...ijc->...hjc", u_h, y, precision=hi)
+        y = jnp.einsum("...hjc,wj->...hwc", y, u_w, precision=hi)
+        return y.astype(x.dtype)
 
     __call__ = apply

@@ -124,7 +124,10 @@ class DEGRAD(nnx.Module):
       start_iters, start_weight: the CG start's iterations and Tikhonov weight.
       precond: ``mu > 0`` preconditions the step with ``P ~ (A^T A + mu I)^{-1}``
         (``precond_iters`` Chebyshev iterations,
-        :meth:`~jfbjax.imaging.blur.Blur.normal_inverse_approx`), i.e.
+        :meth:`~jfbjax.imaging.blur.Blur.normal_inverse_approx`; with
+        ``precond_iters=0`` the exact inverse,
+        :meth:`~jfbjax.imaging.blur.Blur.normal_inverse`, whose cost is about
+        one ``A^T A`` instead of ``precond_iters`` of them), i.e.
         ``T(x) = x - eta P (A^T(A x - d) + R(x))``; 0 (the default, the
         paper's map) means ``P = I``. ``P`` is symmetric positive definite,
         so the fixed points are the same for every ``mu``:
@@ -191,6 +194,11 @@ class DEGRAD(nnx.Module):
             )
         if not (np.isfinite(precond) and precond >= 0):
             raise ValueError(f"precond must be a finite number >= 0, got {precond!r}")
+        if isinstance(precond_iters, bool) or int(precond_iters) < 0:
+            raise ValueError(
+                f"precond_iters must be an integer >= 0 (0: the exact inverse), got "
+                f"{precond_iters!r}"
+            )
         self.precond = float(precond)
         self.precond_iters = int(precond_iters)
         if not (np.isfinite(tikhonov) and tikhonov >= 0):
@@ -247,7 +255,10 @@ class DEGRAD(nnx.Module):
         if self.tv_weight > 0:
             grad = grad + self.tv_weight * smoothed_tv_gradient(x, self.tv_eps).astype(grad.dtype)
         if self.precond > 0:
-            grad = self.blur.normal_inverse_approx(grad, self.precond, self.precond_iters)
+            if self.precond_iters == 0:
+                grad = self.blur.normal_inverse(grad, self.precond)
+            else:
+                grad = self.blur.normal_inverse_approx(grad, self.precond, self.precond_iters)
         out = x - self.eta.astype(grad.dtype) * grad
         if self.clamp:
             out = jnp.clip(out, -1.0, 1.0)

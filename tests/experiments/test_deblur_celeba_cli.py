@@ -225,6 +225,17 @@ def test_a_renamed_field_keeps_its_old_spelling_in_overrides_and_run_records(tmp
     assert read_config_record(str(tmp_path / "config.json")) == new
 
 
+def test_a_run_recorded_before_a_field_was_added_reads_with_its_old_behaviour():
+    new = config_json(get_config("smoke"))
+    old = json.loads(json.dumps(new))
+    del old["optim"]["loss"]  # runs recorded before optim.loss trained on the MSE
+    assert config_diff(upgrade_config_record(old), new) == []
+    assert "loss" not in old["optim"]
+    psnr = json.loads(json.dumps(new))
+    psnr["optim"]["loss"] = "psnr"  # a recorded value is kept, not overwritten
+    assert config_diff(upgrade_config_record(psnr), new) == ["optim.loss: 'psnr' -> 'mse'"]
+
+
 def test_presets():
     for preset in PRESETS:
         c = get_config(preset)

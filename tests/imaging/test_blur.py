@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jfbjax.imaging import Blur, gaussian_kernel
+from jfbjax.imaging.blur import BANDED_MAX
 
 SHAPES = [(7, 9, 1), (8, 8, 3), (16, 15, 3), (2, 7, 9, 3), (2, 3, 8, 8, 1)]
 
@@ -259,3 +260,31 @@ def test_chebyshev_preconditioner_is_spd_commutes_and_meets_its_bound(x64, bound
         blur.normal_inverse_approx(jnp.ones(shape), 0.0)
     with pytest.raises(ValueError, match="iters"):
         blur.normal_inverse_approx(jnp.ones(shape), 0.1, 0)
+
+
+@pytest.mark.parametrize("boundary", ["zero", "circular"])
+def test_exact_normal_inverse(x64, boundary):
+    blur, shape = Blur(5, 5.0, boundary), (7, 6, 2)  # H != W: each axis its own basis
+    h = _dense(blur.normal, shape)
+    for mu in (0.25, 0.02):
+        p = _dense(lambda x, mu=mu: blur.normal_inverse(x, mu), shape)
+        np.testing.assert_allclose(p @ (h + mu * np.eye(len(h))), np.eye(len(h)), atol=1e-10)
+        np.testing.assert_allclose(p, p.T, atol=1e-12)
+        # the Chebyshev polynomial approximates it within its bound
+        k = (1 + mu) / mu
+        q = (np.sqrt(k) - 1) / (np.sqrt(k) + 1)
+        cheb = _dense(lambda x, mu=mu: blur.normal_inverse_approx(x, mu, 10), shape)
+        gap = np.linalg.norm((cheb - p) @ (h + mu * np.eye(len(h))), 2)
+        assert gap <= 2 * q**10 + 1e-12
+    x = jnp.ones((3, *shape))  # leading batch axes and float32 are kept
+    assert blur.normal_inverse(x.astype(jnp.float32), 0.1).dtype == jnp.float32
+    assert blur.normal_inverse(x, 0.1).shape == (3, *shape)
+    with pytest.raises(ValueError, match="mu"):
+        blur.normal_inverse(jnp.ones(shape), 0.0)
+    with pytest.raises(ValueError, match="mu"):
+        blur.normal_inverse(jnp.ones(shape), float("nan"))
+
+
+def test_exact_normal_inverse_refuses_images_past_the_matrix_size():
+    with pytest.raises(ValueError, match="normal_inverse_approx"):
+        Blur(5, 5.0, "zero").normal_inverse(jnp.ones((BANDED_MAX + 1, 4, 1)), 0.1)

@@ -322,6 +322,21 @@ def test_preconditioner_and_tikhonov_term_keep_the_fixed_point_and_contract():
         small_degrad(blur, tv_weight=0.01, tv_eps=0.0)
     with pytest.raises(ValueError, match="precond"):
         small_degrad(blur, precond=-1.0)
+    with pytest.raises(ValueError, match="precond_iters"):
+        small_degrad(blur, precond=0.1, precond_iters=-1)
+    # precond_iters=0: the exact (A^T A + mu I)^-1; the step is the Chebyshev one's
+    # to the polynomial's accuracy (2 q^10 = 1.3e-4 for mu 0.25)
+    exact = small_degrad(blur, tikhonov=0.05, precond=0.25, precond_iters=0)
+    cheb = small_degrad(blur, tikhonov=0.05, precond=0.25, precond_iters=10)
+    x, d = _images(6, (2, 8, 8, 3)), _images(7, (2, 8, 8, 3))
+    direction = x - _jit_call(exact, "step")(x, d)
+    np.testing.assert_allclose(
+        _jit_call(exact, "step")(x, d), x - exact.eta * blur.normal_inverse(
+            blur.adjoint(blur.apply(x) - d) + 0.05 * x + _jit_call(exact.regulariser)(x), 0.25
+        ), rtol=1e-5, atol=1e-6,
+    )  # fmt: skip
+    gap = np.linalg.norm(_jit_call(cheb, "step")(x, d) - (x - direction))
+    assert gap <= 2e-4 * np.linalg.norm(direction)
     with pytest.raises(ValueError, match="DEProx"):
         DEProx(blur, DnCNN(3, 3, 8, rngs=nnx.Rngs(0)), precond=0.1)
 
