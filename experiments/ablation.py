@@ -263,7 +263,7 @@ LEVERS: tuple[Lever, ...] = (
     ),
     Lever(
         "tv_pc25_e02_exact",
-        "the same (the cpu default), exact preconditioner (eigendecomposition) for 10 Chebyshev steps",
+        "the same (the cpu default), exact preconditioner instead of 10 Chebyshev steps",
         (*_PC25_E02, "model.precond_iters=0"),
         group="combination",
     ),
