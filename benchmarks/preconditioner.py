@@ -1,0 +1,213 @@
+"""DE-GRAD's preconditioner, exact against Chebyshev, side by side in one run.
+
+Usage::
+
+    python -m benchmarks.preconditioner          # -> benchmarks/results/preconditioner_<machine>.*
+    python -m benchmarks.preconditioner --quick  # tiny sizes (used by the tests)
+
+The ``cpu`` preset's map is ``T(x) = x - eta P (A^T(A x - d) + R(x))`` with
+``P ~ (A^T A + mu I)^-1``. ``P`` is either ``iters`` Chebyshev iterations
+(``Blur.normal_inverse_approx``, ``iters`` applications of ``A^T A``) or the
+exact inverse from the eigendecomposition of the separable blur
+(``Blur.normal_inverse``, four products with ``n x n`` matrices, selected by
+``model.precond_iters=0``). This script times ``P`` alone and the whole step
+``T(x; d)`` of the preset's untrained model with each, at each image size, and
+reports how far the Chebyshev ``P`` is from the exact one; then
+(``--train_steps``, default 12) a short training run of the ``cpu`` preset with
+each. Times are medians of jitted calls; compare the columns of one row, not
+rows across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from benchmarks.common import exit_status, markdown_table, run_meta, write_result
+from jfbjax.training.profiling import time_call
+
+#: Chebyshev iterations of the ``cpu`` preset's P (``model.precond_iters``).
+CHEB_ITERS = 10
+
+
+def _model_step(precond_iters: int, x, d):
+    """``(fn, args)``: the step ``T(x; d)`` of the untrained ``cpu``-preset model."""
+    from experiments.configs import get_config
+    from jfbjax.builders import blur_from_config, build_model
+    from jfbjax.models.dncnn import freeze_spectral_norm
+
+    config = get_config("cpu")
+    config.model.precond_iters = precond_iters
+    model = freeze_spectral_norm(build_model(config, blur_from_config(config), nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    return (lambda s, v, w: nnx.merge(graphdef, s).step(v, w)), (state, x, d)
+
+
+def measure(sizes, batch: int, cheb_iters: int, repeats: int) -> list[dict]:
+    """One row per (size, operation): median ms of each form and their ratio; the
+    ``P`` rows also hold the relative gap ``||P_cheb x - P_exact x|| / ||P_exact x||``."""
+    from experiments.configs import get_config
+    from jfbjax.builders import blur_from_config
+
+    config = get_config("cpu")
+    blur, mu = blur_from_config(config), float(config.model.precond)
+    forms = {"chebyshev": cheb_iters, "exact": 0}
+    rows = []
+    for size in sizes:
+        rng = np.random.default_rng(size)
+        x = jnp.asarray(rng.normal(size=(batch, size, size, 3)) * 0.3, jnp.float32)
+        d = blur.apply(x)
+        p = {
+            "chebyshev": lambda v: blur.normal_inverse_approx(v, mu, cheb_iters),
+            "exact": lambda v: blur.normal_inverse(v, mu),
+        }
+        row = {"size": size, "batch": batch, "op": f"P (mu {mu:g})"}
+        for name, fn in p.items():
+            t = time_call(jax.jit(fn), x, repeats=repeats, warmup=1)
+            row[f"{name}_ms"] = 1e3 * t["median_s"]
+        exact = np.asarray(p["exact"](x))
+        row["relative_gap"] = float(
+            np.linalg.norm(np.asarray(p["chebyshev"](x)) - exact) / np.linalg.norm(exact)
+        )
+        rows.append(row)
+        row = {"size": size, "batch": batch, "op": "T(x; d), cpu preset", "relative_gap": None}
+        for name, iters in forms.items():
+            fn, args = _model_step(iters, x, d)
+            t = time_call(jax.jit(fn), *args, repeats=repeats, warmup=1)
+            row[f"{name}_ms"] = 1e3 * t["median_s"]
+        rows.append(row)
+    for row in rows:
+        row["speed_up"] = row["chebyshev_ms"] / row["exact_ms"]
+    return rows
+
+
+def measure_training(steps: int, workdir: str, cheb_iters: int) -> list[dict]:
+    """``steps`` training steps of the ``cpu`` preset with each form of ``P`` (no
+    evaluation during training, no TV baseline, alignment report or self-ensemble),
+    in one process: mean ms per step after the first, the first step (compilation
+    included), the final evaluation and the test PSNR after the steps."""
+    from experiments.configs import get_config
+    from jfbjax.training import train_and_evaluate
+
+    rows = []
+    for name, iters in {"chebyshev": cheb_iters, "exact": 0}.items():
+        config = get_config("cpu")
+        config.model.precond_iters = iters
+        config.steps = steps
+        config.optim.warmup = min(int(config.optim.warmup), steps - 1)
+        config.eval_every = steps + 1
+        config.tv.weights = ()
+        config.contraction.align_images = 0
+        config.self_ensemble = False
+        out = f"{workdir}/{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        r = train_and_evaluate(config, out, progress=False, tensorboard=False)
+        t = r["timing"]
+        rows.append({"form": name, "steps": steps, "ms_per_step": t["ms_per_step"],
+                     "first_step_s": t["first_step_s"], "final_eval_s": t["final_eval_s"],
+                     "test_psnr": r["test"]["model"]["psnr_standard"]})  # fmt: skip
+    return rows
+
+
+def _gap(v) -> str:
+    return "–" if v is None else f"{v:.1e}"
+
+
+#: (header, key, format) of the markdown tables' columns.
+OP_COLUMNS = [
+    ("size", "size", "{}".format),
+    ("batch", "batch", "{}".format),
+    ("operation", "op", "{}".format),
+    ("Chebyshev (ms)", "chebyshev_ms", "{:.2f}".format),
+    ("exact (ms)", "exact_ms", "{:.2f}".format),
+    ("Chebyshev / exact", "speed_up", "{:.1f}x".format),
+    ("relative gap of P", "relative_gap", _gap),
+]
+TRAIN_COLUMNS = [
+    ("P", "form", "{}".format),
+    ("steps", "steps", "{}".format),
+    ("ms/step", "ms_per_step", "{:.0f}".format),
+    ("first step (s)", "first_step_s", "{:.1f}".format),
+    ("final eval (s)", "final_eval_s", "{:.1f}".format),
+    ("test PSNR", "test_psnr", "{:.3f}".format),
+]
+
+
+def _table(rows: list[dict], columns) -> list[str]:
+    cells = [[show(r[key]) for _, key, show in columns] for r in rows]
+    return markdown_table([header for header, _, _ in columns], cells)
+
+
+def to_markdown(result: dict) -> str:
+    meta = result["meta"]
+    lines = [
+        "# DE-GRAD's preconditioner: exact inverse against Chebyshev iterations",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['device']}; jax {meta['jax']}",
+        "",
+        f"Median ms of jitted calls on the same inputs (batch of images, 3 channels). "
+        f"Chebyshev: {meta['cheb_iters']} iterations (`Blur.normal_inverse_approx`, one "
+        "A^T A each); exact: `Blur.normal_inverse` (eigenbases of the two axes' 1-D "
+        "blurs). Relative gap: `||P_cheb x - P_exact x|| / ||P_exact x||` on the row's "
+        "random images.",
+        "",
+    ]
+    lines += _table(result["rows"], OP_COLUMNS)
+    if result.get("training"):
+        lines += [
+            "",
+            "Training with the `cpu` preset (batch 16, 32x32), each form in turn in the "
+            "same process: ms per step after the first, the first step (compilation "
+            "included), the final evaluation (40 val + 40 test images, contraction "
+            "estimate) and the test PSNR after the steps.",
+            "",
+        ]
+        lines += _table(result["training"], TRAIN_COLUMNS)
+    return "\n".join(lines) + "\n"
+
+
+def run(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--sizes", default=None, help="image sizes, e.g. 32,64,128")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--cheb_iters", type=int, default=CHEB_ITERS)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument(
+        "--train_steps", type=int, default=None,
+        help="also train the cpu preset this many steps with each form (default 12; 0: skip)",
+    )  # fmt: skip
+    parser.add_argument("--workdir", default="/tmp/preconditioner_runs")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    sizes = [int(s) for s in (args.sizes or ("16" if args.quick else "32,64,128")).split(",")]
+    batch = args.batch if args.batch is not None else (2 if args.quick else 16)
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 20)
+    if batch < 1 or repeats < 1 or args.cheb_iters < 1:
+        parser.error("--batch, --repeats and --cheb_iters must be >= 1")
+    train_steps = args.train_steps if args.train_steps is not None else (0 if args.quick else 12)
+    if train_steps == 1 or train_steps < 0:
+        parser.error("--train_steps must be 0 (skip) or >= 2")
+    result = {"rows": measure(sizes, batch, args.cheb_iters, repeats)}
+    if train_steps:
+        result["training"] = measure_training(train_steps, args.workdir, args.cheb_iters)
+    result["meta"] = run_meta(
+        "benchmarks.preconditioner", argv, start, cheb_iters=args.cheb_iters, repeats=repeats
+    )
+    stem = f"preconditioner_{result['meta']['machine']}" + ("_quick" if args.quick else "")
+    result["paths"] = write_result(args.out, stem, result, to_markdown(result))
+    return result
+
+
+main = exit_status(run)
+
+if __name__ == "__main__":
+    raise SystemExit(main())
