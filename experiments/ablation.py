@@ -275,6 +275,12 @@ LEVERS: tuple[Lever, ...] = (
         (*_PC25_E02, "model.precond_iters=0"),
         group="combination",
     ),
+    Lever(
+        "tv_pc25_e02_exact_eq2",
+        "the same, exact preconditioner, R averaged with its half turn (equivariant)",
+        (*_PC25_E02, "model.precond_iters=0", "model.equivariance=2"),
+        group="combination",
+    ),
 )
 
 

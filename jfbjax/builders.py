@@ -233,6 +233,7 @@ def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
     return cls(
         blur,
         regulariser,
+        equivariance=int(m.get("equivariance", 1)),
         eta_init=float(m.eta_init),
         clamp=bool(m.clamp),
         learn_eta=bool(m.get("learn_eta", True)),

@@ -11,10 +11,12 @@ from jfbjax.models.dncnn import (
 )
 from jfbjax.models.ensemble import (
     DIHEDRAL,
+    SUBGROUPS,
     SelfEnsemble,
     check_dihedral_symmetric,
     dihedral,
     dihedral_inverse,
+    symmetrize,
 )
 from jfbjax.models.pnp import pnp_pgd
 
@@ -23,6 +25,7 @@ __all__ = [
     "DIHEDRAL",
     "FAMILIES",
     "STARTS",
+    "SUBGROUPS",
     "DEProx",
     "DnCNN",
     "FeedForward",
@@ -38,6 +41,7 @@ __all__ = [
     "pnp_pgd",
     "solver_from_config",
     "spectral_norm_estimate",
+    "symmetrize",
 ]
 
 

@@ -49,6 +49,7 @@ from jfbjax.backward import Backward
 from jfbjax.imaging.baselines import smoothed_tv_gradient, tikhonov_cg
 from jfbjax.imaging.blur import Blur
 from jfbjax.models.dncnn import freeze_spectral_norm
+from jfbjax.models.ensemble import SUBGROUPS, symmetrize
 from jfbjax.solvers import Solver
 
 __all__ = ["DEGRAD", "FAMILIES", "STARTS", "DEProx", "FeedForward"]
@@ -158,6 +159,17 @@ class DEGRAD(nnx.Module):
         ``<= 8 w / eps``), so it only adds positive curvature: it can
         only lower the contraction factor of the preconditioned map where
         ``8 w / eps <= 2 mu``. 0 (the default): the paper's map.
+      equivariance: 1 (the default, the paper's map), 2, 4 or 8: ``R`` is
+        averaged over that subgroup of the square's symmetries (the half turn,
+        the rotations, all flips and rotations;
+        :func:`~jfbjax.models.ensemble.symmetrize`), so ``R`` and, for a blur
+        that commutes with them (an isotropic kernel), the map ``T`` and its
+        fixed point are exactly equivariant to the subgroup. A learned ``R`` is
+        only roughly equivariant, even when trained on flipped and rotated crops;
+        the average removes the rest of its error by construction, at
+        ``equivariance`` evaluations of the DnCNN per step. No effect on the
+        contraction guarantee (none): ``dR/dx`` becomes the average of the
+        conjugated Jacobians, whose norm is at most their largest.
 
     ``model.solver`` and ``model.backward`` are plain attributes and may be
     reassigned (e.g. a tighter solver for evaluation); :meth:`with_solver`
@@ -182,6 +194,7 @@ class DEGRAD(nnx.Module):
         tikhonov: float = 0.0,
         tv_weight: float = 0.0,
         tv_eps: float = 0.1,
+        equivariance: int = 1,
     ):
         if not (np.isfinite(eta_init) and eta_init > 0):
             raise ValueError(f"eta_init must be a finite number > 0, got {eta_init!r}")
@@ -209,6 +222,12 @@ class DEGRAD(nnx.Module):
                 f"tv_weight must be >= 0 and tv_eps > 0, got {tv_weight!r} and {tv_eps!r}"
             )
         self.tv_weight, self.tv_eps = float(tv_weight), float(tv_eps)
+        if isinstance(equivariance, bool) or equivariance not in SUBGROUPS:
+            raise ValueError(
+                f"equivariance must be one of {tuple(SUBGROUPS)} (the size of the subgroup of "
+                f"flips/rotations R is averaged over), got {equivariance!r}"
+            )
+        self.equivariance = int(equivariance)
         self.start_kind = start
         self.start_iters = int(start_iters)
         self.start_weight = float(start_weight)
@@ -244,16 +263,28 @@ class DEGRAD(nnx.Module):
             other.backward = jfbjax.as_backward(backward)
         return other
 
+    def _regularise_once(self, x: jax.Array) -> jax.Array:
+        r = self.regulariser(x)
+        if self.tikhonov > 0:
+            r = r + self.tikhonov * x
+        if self.tv_weight > 0:
+            r = r + self.tv_weight * smoothed_tv_gradient(x, self.tv_eps).astype(r.dtype)
+        return r
+
+    def regularise(self, x: jax.Array) -> jax.Array:
+        """The whole regulariser term of the step: the DnCNN ``R(x)`` plus the Tikhonov
+        and smoothed-TV terms when set, averaged over the subgroup of flips/rotations
+        of size ``equivariance`` (:func:`~jfbjax.models.ensemble.symmetrize`; 1: no
+        average). The smoothed TV's forward differences are not equivariant either
+        (a half turn makes them backward differences), so it is averaged with R."""
+        return symmetrize(self._regularise_once, x, self.equivariance)
+
     def step(self, x: jax.Array, d: jax.Array) -> jax.Array:
         """One application of ``T(x; d)`` to ``(H, W, C)`` or ``(N, H, W, C)`` images.
 
         Returns an array of ``x``'s shape and dtype.
         """
-        grad = self.blur.adjoint(self.blur.apply(x) - d) + self.regulariser(x)
-        if self.tikhonov > 0:
-            grad = grad + self.tikhonov * x
-        if self.tv_weight > 0:
-            grad = grad + self.tv_weight * smoothed_tv_gradient(x, self.tv_eps).astype(grad.dtype)
+        grad = self.blur.adjoint(self.blur.apply(x) - d) + self.regularise(x)
         if self.precond > 0:
             if self.precond_iters == 0:
                 grad = self.blur.normal_inverse(grad, self.precond)
@@ -336,7 +367,7 @@ class DEProx(DEGRAD):
     def step(self, x: jax.Array, d: jax.Array) -> jax.Array:
         """``D(x - eta A^T(A x - d))`` on ``(H, W, C)`` or ``(N, H, W, C)`` images."""
         z = x - self.eta.astype(x.dtype) * self.blur.adjoint(self.blur.apply(x) - d)
-        out = z - self.regulariser(z)
+        out = z - self.regularise(z)
         if self.clamp:
             out = jnp.clip(out, -1.0, 1.0)
         return out.astype(x.dtype)

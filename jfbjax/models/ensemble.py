@@ -34,7 +34,15 @@ from flax import nnx
 import jfbjax
 from jfbjax.imaging.blur import Blur
 
-__all__ = ["DIHEDRAL", "SelfEnsemble", "check_dihedral_symmetric", "dihedral", "dihedral_inverse"]
+__all__ = [
+    "DIHEDRAL",
+    "SUBGROUPS",
+    "SelfEnsemble",
+    "check_dihedral_symmetric",
+    "dihedral",
+    "dihedral_inverse",
+    "symmetrize",
+]
 
 #: Number of elements of the dihedral group of the square (4 rotations x optional transpose).
 DIHEDRAL = 8
@@ -63,6 +71,33 @@ def dihedral_inverse(x: jax.Array, k: int) -> jax.Array:
     if k >= 4:
         x = jnp.swapaxes(x, -3, -2)
     return x
+
+
+#: Subgroups of the symmetries of the square by size, as :func:`dihedral` indices:
+#: the identity; with the half turn; the four rotations; all eight.
+SUBGROUPS: dict[int, tuple[int, ...]] = {1: (0,), 2: (0, 2), 4: (0, 1, 2, 3), 8: tuple(range(8))}
+
+
+def symmetrize(fn, x: jax.Array, size: int) -> jax.Array:
+    r"""``fn`` averaged over a subgroup ``H`` of the square's symmetries (:data:`SUBGROUPS`):
+
+    .. math:: f_H(x) = \frac{1}{|H|} \sum_{g \in H} g^{-1} f(g\, x),
+
+    which is exactly ``H``-equivariant, ``f_H(h x) = h f_H(x)`` for ``h`` in ``H``
+    (substitute ``g' = g h`` in the sum), and equals ``fn`` when ``fn`` already
+    is. ``size`` 1 returns ``fn(x)``; 2 (the half turn) takes any (..., H, W, C)
+    image; 4 and 8 (quarter turns) need ``H == W``. Cost: ``size`` calls of ``fn``.
+    """
+    if size not in SUBGROUPS:
+        raise ValueError(f"the subgroup size must be one of {tuple(SUBGROUPS)}, got {size!r}")
+    if size == 1:
+        return fn(x)
+    if size > 2 and x.shape[-3] != x.shape[-2]:
+        raise ValueError(
+            f"averaging over quarter turns needs square images, got {x.shape[-3]} x {x.shape[-2]}"
+        )
+    outs = [dihedral_inverse(fn(dihedral(x, k)), k) for k in SUBGROUPS[size]]
+    return sum(outs[1:], outs[0]) / size
 
 
 def check_dihedral_symmetric(blur: Blur) -> None:
