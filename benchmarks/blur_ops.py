@@ -31,7 +31,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from benchmarks.common import exit_status, markdown_table, run_meta, write_result
+from benchmarks.common import (
+    column_table,
+    exit_status,
+    run_meta,
+    short_cpu_training,
+    write_result,
+)
 from jfbjax.imaging import blur as blur_module
 from jfbjax.training.profiling import time_call
 
@@ -98,31 +104,12 @@ def measure(sizes, batch: int, precond_iters: int, repeats: int) -> list[dict]:
 
 
 def measure_training(steps: int, workdir: str) -> list[dict]:
-    """Training steps of the ``cpu`` preset with each method: ``steps`` steps
-    (no evaluation during training, no TV baseline, no alignment report) per
-    method, in one process; mean ms per step after the first, the first step
-    (compilation included) and the final evaluation, and the test PSNR."""
-    import shutil
-
-    from experiments.configs import get_config
-    from jfbjax.training import train_and_evaluate
-
+    """Training steps of the ``cpu`` preset with each method, in one process
+    (:func:`benchmarks.common.short_cpu_training`, one row per method)."""
     rows = []
     for method in METHODS:
-        config = get_config("cpu")
-        config.steps = steps
-        config.optim.warmup = min(int(config.optim.warmup), steps - 1)
-        config.eval_every = steps + 1
-        config.tv.weights = ()
-        config.contraction.align_images = 0
-        out = f"{workdir}/{method}"
-        shutil.rmtree(out, ignore_errors=True)
         with _blur_form(method):
-            r = train_and_evaluate(config, out, progress=False, tensorboard=False)
-        t = r["timing"]
-        rows.append({"method": method, "steps": steps, "ms_per_step": t["ms_per_step"],
-                     "first_step_s": t["first_step_s"], "final_eval_s": t["final_eval_s"],
-                     "test_psnr": r["test"]["model"]["psnr_standard"]})  # fmt: skip
+            rows.append({"method": method, **short_cpu_training(steps, f"{workdir}/{method}")})
     return rows
 
 
@@ -145,11 +132,6 @@ TRAIN_COLUMNS = [
 ]
 
 
-def _table(rows: list[dict], columns) -> list[str]:
-    cells = [[fmt.format(r[key]) for _, key, fmt in columns] for r in rows]
-    return markdown_table([header for header, _, _ in columns], cells)
-
-
 def to_markdown(result: dict) -> str:
     meta = result["meta"]
     lines = [
@@ -163,7 +145,7 @@ def to_markdown(result: dict) -> str:
         f"{meta['banded_max']} pixels; `shifted`: sums of shifted, weighted copies.",
         "",
     ]
-    lines += _table(result["rows"], OP_COLUMNS)
+    lines += column_table(result["rows"], OP_COLUMNS)
     if result.get("training"):
         lines += [
             "",
@@ -173,7 +155,7 @@ def to_markdown(result: dict) -> str:
             "estimate) and the test PSNR after the steps.",
             "",
         ]
-        lines += _table(result["training"], TRAIN_COLUMNS)
+        lines += column_table(result["training"], TRAIN_COLUMNS)
     return "\n".join(lines) + "\n"
 
 

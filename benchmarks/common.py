@@ -101,3 +101,44 @@ def write_result(out: str | Path, stem: str, result: dict, markdown: str) -> lis
     (out / f"{stem}.md").write_text(markdown)
     print(markdown)
     return [str(out / f"{stem}.md"), str(out / f"{stem}.json")]
+
+
+def short_cpu_training(steps: int, out: str, configure: Callable | None = None) -> dict:
+    """``steps`` training steps of the ``cpu`` preset into the fresh folder ``out``
+    (no evaluation during training, no TV baseline, alignment report or
+    self-ensemble; ``configure(config)`` may change the config first), as a
+    benchmark row: mean ms per step after the first, the first step (compilation
+    included), the final evaluation (val + test, contraction estimate) and the
+    test PSNR after the steps."""
+    import shutil
+
+    from experiments.configs import get_config
+    from jfbjax.training import train_and_evaluate
+
+    config = get_config("cpu")
+    config.steps = steps
+    config.optim.warmup = min(int(config.optim.warmup), steps - 1)
+    config.eval_every = steps + 1
+    config.tv.weights = ()
+    config.contraction.align_images = 0
+    config.self_ensemble = False
+    if configure is not None:
+        configure(config)
+    shutil.rmtree(out, ignore_errors=True)
+    r = train_and_evaluate(config, out, progress=False, tensorboard=False)
+    t = r["timing"]
+    return {
+        "steps": steps,
+        "ms_per_step": t["ms_per_step"],
+        "first_step_s": t["first_step_s"],
+        "final_eval_s": t["final_eval_s"],
+        "test_psnr": r["test"]["model"]["psnr_standard"],
+    }
+
+
+def column_table(rows: list[dict], columns) -> list[str]:
+    """:func:`markdown_table` of ``rows`` with ``columns`` a list of ``(header, key,
+    format)``: ``format`` a ``str.format`` pattern or a function of the value."""
+    show = [f.format if isinstance(f, str) else f for _, _, f in columns]
+    cells = [[s(r[key]) for s, (_, key, _) in zip(show, columns, strict=True)] for r in rows]
+    return markdown_table([header for header, _, _ in columns], cells)

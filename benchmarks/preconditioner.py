@@ -21,7 +21,6 @@ rows across machines.
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 
 import jax
@@ -29,7 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks.common import exit_status, markdown_table, run_meta, write_result
+from benchmarks.common import (
+    column_table,
+    exit_status,
+    run_meta,
+    short_cpu_training,
+    write_result,
+)
 from jfbjax.training.profiling import time_call
 
 #: Chebyshev iterations of the ``cpu`` preset's P (``model.precond_iters``).
@@ -88,30 +93,15 @@ def measure(sizes, batch: int, cheb_iters: int, repeats: int) -> list[dict]:
 
 
 def measure_training(steps: int, workdir: str, cheb_iters: int) -> list[dict]:
-    """``steps`` training steps of the ``cpu`` preset with each form of ``P`` (no
-    evaluation during training, no TV baseline, alignment report or self-ensemble),
-    in one process: mean ms per step after the first, the first step (compilation
-    included), the final evaluation and the test PSNR after the steps."""
-    from experiments.configs import get_config
-    from jfbjax.training import train_and_evaluate
-
+    """Training steps of the ``cpu`` preset with each form of ``P``, in one process
+    (:func:`benchmarks.common.short_cpu_training`, one row per form)."""
     rows = []
     for name, iters in {"chebyshev": cheb_iters, "exact": 0}.items():
-        config = get_config("cpu")
-        config.model.precond_iters = iters
-        config.steps = steps
-        config.optim.warmup = min(int(config.optim.warmup), steps - 1)
-        config.eval_every = steps + 1
-        config.tv.weights = ()
-        config.contraction.align_images = 0
-        config.self_ensemble = False
-        out = f"{workdir}/{name}"
-        shutil.rmtree(out, ignore_errors=True)
-        r = train_and_evaluate(config, out, progress=False, tensorboard=False)
-        t = r["timing"]
-        rows.append({"form": name, "steps": steps, "ms_per_step": t["ms_per_step"],
-                     "first_step_s": t["first_step_s"], "final_eval_s": t["final_eval_s"],
-                     "test_psnr": r["test"]["model"]["psnr_standard"]})  # fmt: skip
+
+        def configure(config, iters=iters):
+            config.model.precond_iters = iters
+
+        rows.append({"form": name, **short_cpu_training(steps, f"{workdir}/{name}", configure)})
     return rows
 
 
@@ -121,27 +111,22 @@ def _gap(v) -> str:
 
 #: (header, key, format) of the markdown tables' columns.
 OP_COLUMNS = [
-    ("size", "size", "{}".format),
-    ("batch", "batch", "{}".format),
-    ("operation", "op", "{}".format),
-    ("Chebyshev (ms)", "chebyshev_ms", "{:.2f}".format),
-    ("exact (ms)", "exact_ms", "{:.2f}".format),
-    ("Chebyshev / exact", "speed_up", "{:.1f}x".format),
+    ("size", "size", "{}"),
+    ("batch", "batch", "{}"),
+    ("operation", "op", "{}"),
+    ("Chebyshev (ms)", "chebyshev_ms", "{:.2f}"),
+    ("exact (ms)", "exact_ms", "{:.2f}"),
+    ("Chebyshev / exact", "speed_up", "{:.1f}x"),
     ("relative gap of P", "relative_gap", _gap),
 ]
 TRAIN_COLUMNS = [
-    ("P", "form", "{}".format),
-    ("steps", "steps", "{}".format),
-    ("ms/step", "ms_per_step", "{:.0f}".format),
-    ("first step (s)", "first_step_s", "{:.1f}".format),
-    ("final eval (s)", "final_eval_s", "{:.1f}".format),
-    ("test PSNR", "test_psnr", "{:.3f}".format),
+    ("P", "form", "{}"),
+    ("steps", "steps", "{}"),
+    ("ms/step", "ms_per_step", "{:.0f}"),
+    ("first step (s)", "first_step_s", "{:.1f}"),
+    ("final eval (s)", "final_eval_s", "{:.1f}"),
+    ("test PSNR", "test_psnr", "{:.3f}"),
 ]
-
-
-def _table(rows: list[dict], columns) -> list[str]:
-    cells = [[show(r[key]) for _, key, show in columns] for r in rows]
-    return markdown_table([header for header, _, _ in columns], cells)
 
 
 def to_markdown(result: dict) -> str:
@@ -159,7 +144,7 @@ def to_markdown(result: dict) -> str:
         "random images.",
         "",
     ]
-    lines += _table(result["rows"], OP_COLUMNS)
+    lines += column_table(result["rows"], OP_COLUMNS)
     if result.get("training"):
         lines += [
             "",
@@ -169,7 +154,7 @@ def to_markdown(result: dict) -> str:
             "estimate) and the test PSNR after the steps.",
             "",
         ]
-        lines += _table(result["training"], TRAIN_COLUMNS)
+        lines += column_table(result["training"], TRAIN_COLUMNS)
     return "\n".join(lines) + "\n"
 
 
