@@ -281,6 +281,12 @@ LEVERS: tuple[Lever, ...] = (
         (*_PC25_E02, "model.precond_iters=0", "model.equivariance=2"),
         group="combination",
     ),
+    Lever(
+        "tv_pc25_e02_exact_tveq2",
+        "the same, exact preconditioner, the smoothed TV alone averaged with its half turn",
+        (*_PC25_E02, "model.precond_iters=0", "model.tv_equivariance=2"),
+        group="combination",
+    ),
 )
 
 

@@ -45,7 +45,9 @@ plus the learned correction; 0: the paper's map), ``pretrain_steps``
 ``pretrain_scale`` (R is trained to predict this times the noise),
 ``pretrain_lr``, ``equivariance`` (1 | 2 | 4 | 8: R averaged over that
 subgroup of flips/rotations, the half turn, the rotations or all eight, so the
-map is exactly equivariant to it; ``equivariance`` DnCNN calls per step).
+map is exactly equivariant to it; ``equivariance`` DnCNN calls per step),
+``tv_equivariance`` (the same for the smoothed-TV term alone, whose forward
+differences are not equivariant; cheap).
 ``contraction``: penalties on ``dT/dx`` at the training fixed points
 (``jfbjax.training.contraction``): ``jac_weight`` (Hutchinson estimate of
 ``||J||_F^2 / n``), ``spectral_weight`` and ``target`` (``max(||J||_2 -
@@ -140,6 +142,7 @@ def _base() -> ml_collections.ConfigDict:
     c.model.pretrain_scale = 1.0
     c.model.pretrain_lr = 1e-3
     c.model.equivariance = 1
+    c.model.tv_equivariance = 1
 
     c.contraction = ml_collections.ConfigDict()
     c.contraction.jac_weight = 0.0

@@ -234,6 +234,7 @@ def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
         blur,
         regulariser,
         equivariance=int(m.get("equivariance", 1)),
+        tv_equivariance=int(m.get("tv_equivariance", 1)),
         eta_init=float(m.eta_init),
         clamp=bool(m.clamp),
         learn_eta=bool(m.get("learn_eta", True)),

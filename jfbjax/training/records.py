@@ -88,7 +88,11 @@ RENAMED_FIELDS: dict[str, str] = {"wiener.weights": "tikhonov.weights"}
 #: Config fields added since runs were first recorded, with the value that gives
 #: the behaviour of a run recorded before the field existed: dotted key -> value.
 #: :func:`upgrade_config_record` fills them into old ``config.json`` files.
-ADDED_FIELDS: dict[str, object] = {"optim.loss": "mse", "model.equivariance": 1}
+ADDED_FIELDS: dict[str, object] = {
+    "optim.loss": "mse",
+    "model.equivariance": 1,
+    "model.tv_equivariance": 1,
+}
 
 
 def upgrade_config_record(record: dict) -> dict:

@@ -160,3 +160,20 @@ def test_an_equivariant_degrad_map_commutes_with_its_subgroup():
     np.testing.assert_allclose(sym(half(d))[0], half(x_sym), atol=2e-3)
     with pytest.raises(ValueError, match="equivariance"):
         DEGRAD(blur, DnCNN(3, 3, 8, rngs=nnx.Rngs(0)), equivariance=3)
+
+
+def test_tv_equivariance_symmetrises_the_smoothed_tv_term_alone():
+    blur = Blur(kernel_size=5, sigma=5.0)
+    x = _images(seed=8)
+    half = lambda v: dihedral(v, 2)
+
+    def tv_part(model, v):
+        return model.regularise(v) - model.regulariser(v)
+
+    for size, equivariant in ((1, False), (2, True)):
+        model = DEGRAD(blur, DnCNN(3, 2, 4, rngs=nnx.Rngs(0)), tv_weight=1e-2, tv_eps=0.05,
+                       tv_equivariance=size)  # fmt: skip
+        gap = np.max(np.abs(tv_part(model, half(x)) - half(tv_part(model, x))))
+        assert (gap < 1e-5) == equivariant, (size, gap)
+    with pytest.raises(ValueError, match="tv_equivariance"):
+        DEGRAD(blur, DnCNN(3, 2, 4, rngs=nnx.Rngs(0)), tv_equivariance=0)
