@@ -287,6 +287,12 @@ LEVERS: tuple[Lever, ...] = (
         (*_PC25_E02, "model.precond_iters=0", "model.tv_equivariance=2"),
         group="combination",
     ),
+    Lever(
+        "tv_pc25_e02_exact_tveq4",
+        "the same, exact preconditioner, the smoothed TV alone averaged over the 4 rotations",
+        (*_PC25_E02, "model.precond_iters=0", "model.tv_equivariance=4"),
+        group="combination",
+    ),
 )
 
 
