@@ -31,15 +31,7 @@ import jax
 import numpy as np
 
 from experiments.compare import LearnedRun, _complete, _machine, _train, _training_time
-from experiments.compare_report import (
-    COS_NOTE,
-    ENSEMBLE_NOTE,
-    adjoint_fields,
-    cos_cell,
-    ensemble_cell,
-    ensemble_fields,
-    fmt,
-)
+from experiments.compare_report import COS_NOTE, adjoint_fields, cos_cell, fmt
 from experiments.configs import PRESETS, apply_overrides, get_config
 from jfbjax.training.records import jsonable
 
@@ -74,6 +66,7 @@ BASELINE: tuple[str, ...] = (
     "model.equivariance=1",
     "model.tv_equivariance=1",
     "optim.loss=mse",
+    "self_ensemble=false",
     "solver.tol=1e-3",
     "contraction.jac_weight=0.0",
     "contraction.spectral_weight=0.0",
@@ -350,7 +343,6 @@ def _seed_record(results: dict, workdir: str, seed: int) -> dict:
         "mean_iterations": test["mean_iterations"],
         "fraction_converged": test["fraction_converged"],
         **adjoint_fields(results),
-        **ensemble_fields(results),
         "ms_per_step": results["timing"]["ms_per_step"],
         "train_time_s": _training_time(workdir)[0],
         "total_time_s": results["total_time_s"],
@@ -369,7 +361,6 @@ def _table_md(rows: list[dict], header: dict) -> str:
         "converged",
         "IFT adjoint conv.",
         "cos(JFB, IFT)",
-        "x8 self-ensemble test / val PSNR",
         "ms/step",
         "train time (s)",
     ]
@@ -390,7 +381,6 @@ def _table_md(rows: list[dict], header: dict) -> str:
             if r.get("ift_adjoint_converged") is None
             else f"{100 * r['ift_adjoint_converged']:.0f}%",
             cos_cell(r),
-            ensemble_cell(r),
             fmt(r["ms_per_step"], ".0f"),
             fmt(r["train_time_s"], ".0f"),
         ]
@@ -411,7 +401,7 @@ def _table_md(rows: list[dict], header: dict) -> str:
         "steps (mean over images and seeds / max over both). converged: share of test "
         "solves that reached the solver tolerance. IFT adjoint conv.: share of the "
         "training steps' adjoint solves that reached backward.tol (IFT rows only). "
-        f"{COS_NOTE} {ENSEMBLE_NOTE} ms/step: mean training "
+        f"{COS_NOTE} ms/step: mean training "
         "step of the run (the machine was shared, +-30%); train time: seconds in "
         "training steps (pretraining not included: see each run's results.json).",
         "",

@@ -10,11 +10,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 __all__ = [
-    "ENSEMBLE_NOTE",
     "METRIC_KEYS",
     "aggregate",
-    "ensemble_cell",
-    "ensemble_fields",
     "fmt",
     "plot_psnr_vs_time",
     "table_markdown",
@@ -62,32 +59,6 @@ def cos_cell(row: dict) -> str:
     if cos is None:
         return "–"
     return f"{cos:.3f}" + ("" if conv is None else f" ({100 * conv:.0f}%)")
-
-
-def ensemble_fields(results: dict) -> dict:
-    """The self-ensemble's test and val PSNR (standard) of a table row, from a run's
-    results.json (None where the run did not score it: ``config.self_ensemble``)."""
-    ensemble = results.get("self_ensemble") or {}
-    return {
-        "ensemble_psnr_standard": (ensemble.get("test") or {}).get("psnr_standard"),
-        "ensemble_val_psnr_standard": (ensemble.get("val") or {}).get("psnr_standard"),
-    }
-
-
-def ensemble_cell(row: dict) -> str:
-    """``test / val`` PSNR of the self-ensemble, or a dash where it was not scored."""
-    test, val = row.get("ensemble_psnr_standard"), row.get("ensemble_val_psnr_standard")
-    if test is None:
-        return "–"
-    return f"{fmt(test)} / {fmt(val)}"
-
-
-#: How the self-ensemble columns are measured (their header text).
-ENSEMBLE_NOTE = (
-    "x8 self-ensemble: the trained model averaged over the 8 flips/rotations of its "
-    "input (8 solves an image, jfbjax.models.SelfEnsemble), test / val PSNR; a dash "
-    "where the run did not score it."
-)
 
 
 #: How the cos(JFB, IFT) columns of both tables are measured (their header text).
