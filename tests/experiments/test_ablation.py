@@ -6,7 +6,7 @@ import os
 import pytest
 
 from experiments import ablation, compare
-from jfbjax.training.records import config_diff
+from jfbjax.training.records import config_diff, training_diff
 
 
 def test_every_lever_changes_only_what_it_names():
@@ -28,7 +28,9 @@ def test_the_cpu_default_is_the_ablation_row_it_names():
 
     levers = {lv.key: lv for lv in ablation.LEVERS}
     chosen = ablation.ablation_config("cpu", levers[ablation.DEFAULT_LEVER], 0).to_dict()
-    assert config_diff(chosen, get_config("cpu").to_dict()) == []
+    # the same training; the ablation leaves out the report-only self-ensemble
+    assert training_diff(chosen, get_config("cpu").to_dict()) == []
+    assert config_diff(chosen, get_config("cpu").to_dict()) == ["self_ensemble: False -> True"]
 
 
 def test_smoke_ablation_end_to_end(tmp_path):
