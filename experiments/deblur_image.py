@@ -47,6 +47,7 @@ from jfbjax import pretrained
 from jfbjax.data.common import read_rgb_uint8, to_float
 from jfbjax.imaging.metrics import psnr, ssim
 from jfbjax.imaging.noise import degrade
+from jfbjax.models.ensemble import SelfEnsemble
 
 __all__ = ["deblur_files", "find_images", "main", "read_image"]
 
@@ -126,6 +127,7 @@ def deblur_files(
     reference: str | None = None,
     seed: int = 0,
     progress: bool = True,
+    self_ensemble: bool = False,
 ) -> list[dict]:
     """Restores every readable image of ``paths`` with ``run.model`` into ``out``.
 
@@ -139,13 +141,17 @@ def deblur_files(
         ``simulate``).
       seed: noise seed of ``simulate``.
       progress: a progress bar over the images.
+      self_ensemble: restore with the model averaged over the flips/rotations
+        of each image (:class:`jfbjax.models.SelfEnsemble`: 8 solves a square
+        image, 4 a rectangle); ``iterations`` then counts all of them.
 
     Returns: one record per restored image (the ``metrics.csv`` rows; metrics
     are None without a reference). ``metrics.csv`` is written when at least
     one image has a reference.
     """
     os.makedirs(out, exist_ok=True)
-    graphdef, state = nnx.split(run.model)
+    model = SelfEnsemble(run.model) if self_ensemble else run.model
+    graphdef, state = nnx.split(model)
     restore = _restorer(graphdef)
     key = jax.random.PRNGKey(int(seed))
     references = _references(reference) if reference else {}
@@ -213,6 +219,10 @@ def main(argv=None) -> int:
     p.add_argument("--reference", default=None, help="folder of clean references (same names)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of --simulate")
     p.add_argument("--out", default="deblurred", help="output folder")
+    p.add_argument(
+        "--self_ensemble", action="store_true",
+        help="average the restorations of the flipped/rotated image (8 solves; 4 if not square)",
+    )  # fmt: skip
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
     if args.simulate and args.reference:
@@ -235,6 +245,7 @@ def main(argv=None) -> int:
             reference=args.reference,
             seed=args.seed,
             progress=not args.no_progress,
+            self_ensemble=args.self_ensemble,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

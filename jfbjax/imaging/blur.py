@@ -77,6 +77,10 @@ def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
 #: Longest image axis that :class:`Blur` (zero boundary) blurs by a banded matrix product.
 BANDED_MAX = 256
 
+#: Longest image axis of :meth:`Blur.normal_inverse` (zero boundary): it keeps a dense
+#: ``n x n`` eigenbasis per axis (an ``eigh`` of that size, once per size).
+EIGEN_MAX = 1024
+
 
 @functools.lru_cache(maxsize=64)
 def zero_padded_band(n: int, g: tuple[float, ...]) -> np.ndarray:
@@ -327,7 +331,7 @@ class Blur:
         Chebyshev polynomial costs ``iters`` of them, and agrees with this to
         ``2 q^iters`` (its docstring), 1.3e-4 for ``mu = 0.25`` and 10 iterations.
         Symmetric positive definite, commutes with ``A^T A``; images up to
-        ``BANDED_MAX`` pixels a side for the zero boundary.
+        ``EIGEN_MAX`` pixels a side for the zero boundary.
         """
         x = real_float(x)
         check_image(x, "the input of Blur.normal_inverse")
@@ -341,9 +345,9 @@ class Blur:
             scale = jnp.asarray((1.0 / (k2 + float(mu)))[..., None], dtype)
             y = jnp.fft.irfft2(xf * scale, s=(h, w), axes=(-3, -2))
             return y.astype(x.dtype)
-        if max(h, w) > BANDED_MAX:
+        if max(h, w) > EIGEN_MAX:
             raise ValueError(
-                f"Blur.normal_inverse (zero boundary) handles sides up to {BANDED_MAX} pixels, "
+                f"Blur.normal_inverse (zero boundary) handles sides up to {EIGEN_MAX} pixels, "
                 f"got {h} x {w}; use normal_inverse_approx"
             )
         g = tuple(float(v) for v in self.kernel_1d)

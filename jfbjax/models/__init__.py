@@ -11,6 +11,7 @@ from jfbjax.models.dncnn import (
 )
 from jfbjax.models.ensemble import (
     DIHEDRAL,
+    RECTANGLE,
     SUBGROUPS,
     SelfEnsemble,
     check_dihedral_symmetric,
@@ -24,6 +25,7 @@ __all__ = [
     "DEGRAD",
     "DIHEDRAL",
     "FAMILIES",
+    "RECTANGLE",
     "STARTS",
     "SUBGROUPS",
     "DEProx",

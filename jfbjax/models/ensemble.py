@@ -36,6 +36,7 @@ from jfbjax.imaging.blur import Blur
 
 __all__ = [
     "DIHEDRAL",
+    "RECTANGLE",
     "SUBGROUPS",
     "SelfEnsemble",
     "check_dihedral_symmetric",
@@ -76,6 +77,10 @@ def dihedral_inverse(x: jax.Array, k: int) -> jax.Array:
 #: Subgroups of the symmetries of the square by size, as :func:`dihedral` indices:
 #: the identity; with the half turn; the four rotations; all eight.
 SUBGROUPS: dict[int, tuple[int, ...]] = {1: (0,), 2: (0, 2), 4: (0, 1, 2, 3), 8: tuple(range(8))}
+
+#: The symmetries that keep a rectangle's shape (:func:`dihedral` indices): the
+#: identity, the half turn and the two mirror flips (a subgroup of order 4).
+RECTANGLE = (0, 2, 5, 7)
 
 
 def symmetrize(fn, x: jax.Array, size: int) -> jax.Array:
@@ -131,11 +136,13 @@ class SelfEnsemble(nnx.Module):
     the mean of the 8 back-transformed estimates, ``info`` a
     :class:`jfbjax.SolverInfo` per image with ``iterations`` the total over the 8
     solves (the cost of the estimate), ``residual`` the largest and ``status`` the
-    worst of the 8 (``CONVERGED`` only when every solve converged).
+    worst of the 8 (``CONVERGED`` only when every solve converged). Images that
+    are not square use the 4 symmetries that keep their shape (:data:`RECTANGLE`:
+    the identity, the half turn, the two flips), 4 solves an image.
 
     Raises:
       ValueError: the blur does not commute with the symmetries
-        (:func:`check_dihedral_symmetric`), or the images are not square.
+        (:func:`check_dihedral_symmetric`), or ``d`` is not a batch of images.
     """
 
     def __init__(self, model: nnx.Module):
@@ -144,16 +151,17 @@ class SelfEnsemble(nnx.Module):
         self.blur = model.blur
 
     def __call__(self, d: jax.Array) -> tuple[jax.Array, jfbjax.SolverInfo]:
-        if jnp.ndim(d) != 4 or d.shape[1] != d.shape[2]:
+        if jnp.ndim(d) != 4:
             raise ValueError(
-                f"the self-ensemble needs a batch of square images (N, S, S, C), got {jnp.shape(d)}"
+                f"the self-ensemble needs a batch of images (N, H, W, C), got {jnp.shape(d)}"
             )
+        group = range(DIHEDRAL) if d.shape[1] == d.shape[2] else RECTANGLE
         estimates, infos = [], []
-        for k in range(DIHEDRAL):
+        for k in group:
             x_k, info_k = self.model(dihedral(d, k))
             estimates.append(dihedral_inverse(x_k, k))
             infos.append(info_k)
-        x_hat = sum(estimates[1:], estimates[0]) / DIHEDRAL
+        x_hat = sum(estimates[1:], estimates[0]) / len(estimates)
         info = jfbjax.SolverInfo(
             iterations=sum(i.iterations for i in infos),
             residual=jnp.max(jnp.stack([i.residual for i in infos]), axis=0),

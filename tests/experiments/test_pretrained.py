@@ -87,7 +87,8 @@ def test_export_round_trip_equals_the_run(tiny_run, tmp_path):
     assert meta["name"] == "t" and meta["source"]["step"] == 2
     assert meta["source"]["train_command"] == (
         "python -m experiments.deblur_celeba --preset smoke --set contraction.align_images=0 "
-        "--set eval_every=100 --set optim.warmup=1 --set steps=2 --set tv.weights=()"
+        "--set eval_every=100 --set optim.warmup=1 --set self_ensemble=False --set steps=2 "
+        "--set tv.weights=()"
     )
     assert abs(meta["test"]["psnr_standard"] - results["test"]["model"]["psnr_standard"]) < 0.01
     run, exported = load_run(workdir), pretrained.load(out)
@@ -138,6 +139,15 @@ def test_deblur_image_simulate_writes_pngs_and_metrics(tmp_path, capsys):
                               "--out", str(again), "--no_progress"]) == 0  # fmt: skip
     rows2 = list(csv.DictReader(open(again / "metrics.csv")))
     assert len(rows2) == 2 and float(rows2[0]["psnr_restored"]) > float(rows2[0]["psnr_blurred"])
+
+    # --self_ensemble: the 24x20 image is a rectangle, 4 solves (its shape-keeping symmetries)
+    ens = tmp_path / "ens"
+    assert deblur_image.main([str(blurred), "--reference", str(tmp_path / "in"), "--out",
+                              str(ens), "--self_ensemble", "--no_progress"]) == 0  # fmt: skip
+    rows3 = list(csv.DictReader(open(ens / "metrics.csv")))
+    assert int(rows3[0]["iterations"]) > 2 * int(rows2[0]["iterations"])
+    assert float(rows3[0]["psnr_restored"]) != float(rows2[0]["psnr_restored"])
+    assert Image.open(ens / "a_restored.png").size == (20, 24)
 
 
 def test_deblur_image_missing_path_is_a_clear_error(tmp_path, capsys):

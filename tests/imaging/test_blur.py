@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jfbjax.imaging import Blur, gaussian_kernel
-from jfbjax.imaging.blur import BANDED_MAX
+from jfbjax.imaging.blur import EIGEN_MAX
 
 SHAPES = [(7, 9, 1), (8, 8, 3), (16, 15, 3), (2, 7, 9, 3), (2, 3, 8, 8, 1)]
 
@@ -287,4 +287,4 @@ def test_exact_normal_inverse(x64, boundary):
 
 def test_exact_normal_inverse_refuses_images_past_the_matrix_size():
     with pytest.raises(ValueError, match="normal_inverse_approx"):
-        Blur(5, 5.0, "zero").normal_inverse(jnp.ones((BANDED_MAX + 1, 4, 1)), 0.1)
+        Blur(5, 5.0, "zero").normal_inverse(jnp.ones((EIGEN_MAX + 1, 4, 1)), 0.1)

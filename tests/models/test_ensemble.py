@@ -13,6 +13,7 @@ from jfbjax.imaging.blur import Blur
 from jfbjax.models import (
     DEGRAD,
     DIHEDRAL,
+    RECTANGLE,
     SUBGROUPS,
     DnCNN,
     SelfEnsemble,
@@ -110,8 +111,16 @@ def test_self_ensemble_of_a_degrad_model_under_jit():
     manual = sum(dihedral_inverse(model(dihedral(d, k))[0], k) for k in range(DIHEDRAL)) / 8
     np.testing.assert_allclose(x_ens, manual, atol=1e-5)
     assert np.all(np.asarray(info.iterations) >= 8)
-    with pytest.raises(ValueError, match="square images"):
-        ensemble(jax.numpy.zeros((1, 8, 6, 3)))
+    # a rectangle: the 4 symmetries that keep its shape
+    d_rect = _images(size=8)[:, :, :6]
+    x_rect, info_rect = ensemble(d_rect)
+    assert np.all(np.asarray(info_rect.iterations) >= 4)
+    manual = sum(dihedral_inverse(model(dihedral(d_rect, k))[0], k) for k in RECTANGLE) / 4
+    assert x_rect.shape == d_rect.shape
+    np.testing.assert_allclose(x_rect, manual, atol=1e-5)
+    assert all(dihedral(d_rect, k).shape == d_rect.shape for k in RECTANGLE)
+    with pytest.raises(ValueError, match="batch of images"):
+        ensemble(jax.numpy.zeros((8, 6, 3)))
 
 
 @pytest.mark.parametrize("size", [2, 4, 8])
