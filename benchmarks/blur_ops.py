@@ -36,6 +36,7 @@ from benchmarks.common import (
     exit_status,
     run_meta,
     short_cpu_training,
+    training_markdown,
     write_result,
 )
 from jfbjax.imaging import blur as blur_module
@@ -122,14 +123,6 @@ OP_COLUMNS = [
     ("shifted (ms)", "shifted_ms", "{:.2f}"),
     ("shifted / banded", "shifted_over_banded", "{:.1f}x"),
 ]
-TRAIN_COLUMNS = [
-    ("method", "method", "{}"),
-    ("steps", "steps", "{}"),
-    ("ms/step", "ms_per_step", "{:.0f}"),
-    ("first step (s)", "first_step_s", "{:.1f}"),
-    ("final eval (s)", "final_eval_s", "{:.1f}"),
-    ("test PSNR", "test_psnr", "{:.3f}"),
-]
 
 
 def to_markdown(result: dict) -> str:
@@ -147,15 +140,7 @@ def to_markdown(result: dict) -> str:
     ]
     lines += column_table(result["rows"], OP_COLUMNS)
     if result.get("training"):
-        lines += [
-            "",
-            "Training with the `cpu` preset (batch 16, 32x32), each method in turn in "
-            "the same process: ms per step after the first, the first step (compilation "
-            "included), the final evaluation (40 val + 40 test images, contraction "
-            "estimate) and the test PSNR after the steps.",
-            "",
-        ]
-        lines += column_table(result["training"], TRAIN_COLUMNS)
+        lines += training_markdown(result["training"], ("method", "method"), "method")
     return "\n".join(lines) + "\n"
 
 

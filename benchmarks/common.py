@@ -142,3 +142,26 @@ def column_table(rows: list[dict], columns) -> list[str]:
     show = [f.format if isinstance(f, str) else f for _, _, f in columns]
     cells = [[s(r[key]) for s, (_, key, _) in zip(show, columns, strict=True)] for r in rows]
     return markdown_table([header for header, _, _ in columns], cells)
+
+
+def training_markdown(rows: list[dict], first: tuple[str, str], each: str) -> list[str]:
+    """The markdown section of :func:`short_cpu_training` rows: a sentence and a table
+    whose first column is ``first`` = ``(header, key)`` (what differs between the
+    rows, e.g. ``("method", "method")``), ``each`` naming it in the sentence."""
+    columns = [
+        (first[0], first[1], "{}"),
+        ("steps", "steps", "{}"),
+        ("ms/step", "ms_per_step", "{:.0f}"),
+        ("first step (s)", "first_step_s", "{:.1f}"),
+        ("final eval (s)", "final_eval_s", "{:.1f}"),
+        ("test PSNR", "test_psnr", "{:.3f}"),
+    ]
+    return [
+        "",
+        f"Training with the `cpu` preset (batch 16, 32x32), each {each} in turn in the "
+        "same process: ms per step after the first, the first step (compilation "
+        "included), the final evaluation (40 val + 40 test images, contraction "
+        "estimate) and the test PSNR after the steps.",
+        "",
+        *column_table(rows, columns),
+    ]

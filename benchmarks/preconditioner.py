@@ -33,6 +33,7 @@ from benchmarks.common import (
     exit_status,
     run_meta,
     short_cpu_training,
+    training_markdown,
     write_result,
 )
 from jfbjax.training.profiling import time_call
@@ -119,14 +120,6 @@ OP_COLUMNS = [
     ("Chebyshev / exact", "speed_up", "{:.1f}x"),
     ("relative gap of P", "relative_gap", _gap),
 ]
-TRAIN_COLUMNS = [
-    ("P", "form", "{}"),
-    ("steps", "steps", "{}"),
-    ("ms/step", "ms_per_step", "{:.0f}"),
-    ("first step (s)", "first_step_s", "{:.1f}"),
-    ("final eval (s)", "final_eval_s", "{:.1f}"),
-    ("test PSNR", "test_psnr", "{:.3f}"),
-]
 
 
 def to_markdown(result: dict) -> str:
@@ -146,15 +139,7 @@ def to_markdown(result: dict) -> str:
     ]
     lines += column_table(result["rows"], OP_COLUMNS)
     if result.get("training"):
-        lines += [
-            "",
-            "Training with the `cpu` preset (batch 16, 32x32), each form in turn in the "
-            "same process: ms per step after the first, the first step (compilation "
-            "included), the final evaluation (40 val + 40 test images, contraction "
-            "estimate) and the test PSNR after the steps.",
-            "",
-        ]
-        lines += column_table(result["training"], TRAIN_COLUMNS)
+        lines += training_markdown(result["training"], ("P", "form"), "form")
     return "\n".join(lines) + "\n"
 
 
