@@ -28,13 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import column_table, exit_status, run_meta, write_result
-from jfbjax.models.ensemble import DIHEDRAL, dihedral, dihedral_inverse
-
-
-def _tv_x8(tv, d):
-    """TV averaged over the 8 symmetries of the square (the blur commutes with them)."""
-    outs = [dihedral_inverse(tv(dihedral(d, k)), k) for k in range(DIHEDRAL)]
-    return sum(outs[1:], outs[0]) / DIHEDRAL
+from jfbjax.models.ensemble import DIHEDRAL, symmetrize
 
 
 def measure(config, weights) -> dict:
@@ -51,7 +45,9 @@ def measure(config, weights) -> dict:
     solve = functools.partial(tv_deblur, iters=int(config.tv.iters), tol=float(config.tv.tol))
     forms = {  # jitted per weight (static): one program for the 8 solves of TV x8
         "TV": jax.jit(lambda d, w: solve(d, blur, w), static_argnums=1),
-        "TV x8": jax.jit(lambda d, w: _tv_x8(lambda e: solve(e, blur, w), d), static_argnums=1),
+        "TV x8": jax.jit(
+            lambda d, w: symmetrize(lambda e: solve(e, blur, w), d, DIHEDRAL), static_argnums=1
+        ),
     }
     tuning, best = [], {}
     for name, fn in forms.items():

@@ -9,13 +9,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = [
-    "METRIC_KEYS",
-    "aggregate",
-    "fmt",
-    "plot_psnr_vs_time",
-    "table_markdown",
-]
+__all__ = ["METRIC_KEYS", "aggregate", "fmt", "plot_psnr_vs_time", "table_markdown"]
 
 
 METRIC_KEYS = ("psnr_standard", "psnr_paper", "ssim_standard", "ssim_paper")

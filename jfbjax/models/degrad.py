@@ -65,6 +65,16 @@ def _inverse_softplus(y: float) -> float:
     return float(y + np.log(-np.expm1(-y)))
 
 
+def _subgroup_size(name: str, size) -> int:
+    """``size`` as an int, or ``ValueError`` unless it is a size of :data:`SUBGROUPS`."""
+    if isinstance(size, bool) or size not in SUBGROUPS:
+        raise ValueError(
+            f"{name} must be one of {tuple(SUBGROUPS)} (the size of the subgroup of "
+            f"flips/rotations averaged over), got {size!r}"
+        )
+    return int(size)
+
+
 def _check_batch(d: jax.Array, channels: int | None, who: str) -> None:
     if jnp.ndim(d) != 4:
         raise ValueError(f"{who} expects a batch of images (N, H, W, C), got shape {jnp.shape(d)}")
@@ -227,17 +237,8 @@ class DEGRAD(nnx.Module):
                 f"tv_weight must be >= 0 and tv_eps > 0, got {tv_weight!r} and {tv_eps!r}"
             )
         self.tv_weight, self.tv_eps = float(tv_weight), float(tv_eps)
-        if isinstance(equivariance, bool) or equivariance not in SUBGROUPS:
-            raise ValueError(
-                f"equivariance must be one of {tuple(SUBGROUPS)} (the size of the subgroup of "
-                f"flips/rotations R is averaged over), got {equivariance!r}"
-            )
-        self.equivariance = int(equivariance)
-        if isinstance(tv_equivariance, bool) or tv_equivariance not in SUBGROUPS:
-            raise ValueError(
-                f"tv_equivariance must be one of {tuple(SUBGROUPS)}, got {tv_equivariance!r}"
-            )
-        self.tv_equivariance = int(tv_equivariance)
+        self.equivariance = _subgroup_size("equivariance", equivariance)
+        self.tv_equivariance = _subgroup_size("tv_equivariance", tv_equivariance)
         self.start_kind = start
         self.start_iters = int(start_iters)
         self.start_weight = float(start_weight)

@@ -101,8 +101,13 @@ def symmetrize(fn, x: jax.Array, size: int) -> jax.Array:
         raise ValueError(
             f"averaging over quarter turns needs square images, got {x.shape[-3]} x {x.shape[-2]}"
         )
-    outs = [dihedral_inverse(fn(dihedral(x, k)), k) for k in SUBGROUPS[size]]
-    return sum(outs[1:], outs[0]) / size
+    return _orbit_mean(fn, x, SUBGROUPS[size])
+
+
+def _orbit_mean(fn, x: jax.Array, group) -> jax.Array:
+    """``mean_{k in group} dihedral_inverse(fn(dihedral(x, k)), k)``."""
+    outs = [dihedral_inverse(fn(dihedral(x, k)), k) for k in group]
+    return sum(outs[1:], outs[0]) / len(outs)
 
 
 def check_dihedral_symmetric(blur: Blur) -> None:
@@ -129,8 +134,7 @@ class SelfEnsemble(nnx.Module):
       model: a model with ``model(d) -> (x_hat, info)`` on (N, H, W, C) batches
         and a ``blur`` attribute (:class:`~jfbjax.models.DEGRAD`,
         :class:`~jfbjax.models.DEProx`, :class:`~jfbjax.models.FeedForward`).
-        Its variables are shared, not copied. Images must be square (a quarter
-        turn swaps H and W).
+        Its variables are shared, not copied.
 
     ``SelfEnsemble(model)(d)`` returns ``(x_hat, info)`` like ``model``: ``x_hat``
     the mean of the 8 back-transformed estimates, ``info`` a
@@ -156,12 +160,14 @@ class SelfEnsemble(nnx.Module):
                 f"the self-ensemble needs a batch of images (N, H, W, C), got {jnp.shape(d)}"
             )
         group = range(DIHEDRAL) if d.shape[1] == d.shape[2] else RECTANGLE
-        estimates, infos = [], []
-        for k in group:
-            x_k, info_k = self.model(dihedral(d, k))
-            estimates.append(dihedral_inverse(x_k, k))
+        infos = []
+
+        def solve(e):
+            x_k, info_k = self.model(e)
             infos.append(info_k)
-        x_hat = sum(estimates[1:], estimates[0]) / len(estimates)
+            return x_k
+
+        x_hat = _orbit_mean(solve, d, group)
         info = jfbjax.SolverInfo(
             iterations=sum(i.iterations for i in infos),
             residual=jnp.max(jnp.stack([i.residual for i in infos]), axis=0),

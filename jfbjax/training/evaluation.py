@@ -125,7 +125,7 @@ def score_self_ensemble(
       ``max_iterations`` counting the 8 solves of an image together.
 
     Raises:
-      ValueError: the blur does not commute with the symmetries, or the images are not square.
+      ValueError: the blur does not commute with the symmetries.
     """  # fmt: skip
     from flax import nnx
 

@@ -85,6 +85,12 @@ def mse_loss(x_hat: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(diff))
 
 
+def _per_image_mse(x_hat: jax.Array, x: jax.Array) -> jax.Array:
+    """MSE of each image of the batch (shape (N,)), accumulated in at least float32."""
+    diff = (x_hat - x).astype(jnp.promote_types(x.dtype, jnp.float32))
+    return jnp.mean(jnp.square(diff), axis=tuple(range(1, x.ndim)))
+
+
 def psnr_weighted_mse(x_hat: jax.Array, x: jax.Array) -> jax.Array:
     r"""The MSE with each image weighted by the inverse of its own MSE: a loss whose
     gradient is that of the batch's mean PSNR, at the MSE's scale.
@@ -105,8 +111,7 @@ def psnr_weighted_mse(x_hat: jax.Array, x: jax.Array) -> jax.Array:
     PSNR difference, barely count. With data parallelism ``m_bar`` is each
     device's own batch mean. Returns a scalar in at least float32.
     """
-    diff = (x_hat - x).astype(jnp.promote_types(x.dtype, jnp.float32))
-    per_image = jnp.mean(jnp.square(diff), axis=tuple(range(1, x.ndim)))
+    per_image = _per_image_mse(x_hat, x)
     fixed = jax.lax.stop_gradient(per_image)
     weights = jnp.mean(fixed) / jnp.maximum(fixed, jnp.finfo(fixed.dtype).tiny)
     return jnp.mean(jax.lax.stop_gradient(weights) * per_image)
@@ -120,8 +125,7 @@ def batch_psnr(x_hat: jax.Array, x: jax.Array) -> jax.Array:
     ``convention="standard"`` (the paper's convention reads 6.02 dB lower).
     Per image, then averaged.
     """
-    diff = (x_hat - x).astype(jnp.promote_types(x.dtype, jnp.float32))
-    mse = jnp.mean(jnp.square(diff), axis=tuple(range(1, x.ndim)))
+    mse = _per_image_mse(x_hat, x)
     return jnp.mean(10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-20)))
 
 
