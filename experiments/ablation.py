@@ -65,6 +65,7 @@ BASELINE: tuple[str, ...] = (
     "model.tv_eps=0.1",
     "model.equivariance=1",
     "model.tv_equivariance=1",
+    "model.inject=false",
     "optim.loss=mse",
     "self_ensemble=false",
     "solver.tol=1e-3",
@@ -287,6 +288,12 @@ LEVERS: tuple[Lever, ...] = (
         "tv_pc25_e02_exact_tveq4",
         "eps-0.02 / mu-0.25 map, exact preconditioner, smoothed TV averaged over 4 rotations",
         (*_PC25_E02, "model.precond_iters=0", "model.tv_equivariance=4"),
+        group="combination",
+    ),
+    Lever(
+        "tv_pc25_e02_exact_tveq2_inject",
+        "the cpu default, R also reads the measurement d (input injection)",
+        (*_PC25_E02, "model.precond_iters=0", "model.tv_equivariance=2", "model.inject=true"),
         group="combination",
     ),
 )

@@ -48,7 +48,8 @@ plus the learned correction; 0: the paper's map), ``pretrain_steps``
 subgroup of flips/rotations, the half turn, the rotations or all eight, so the
 map is exactly equivariant to it; ``equivariance`` DnCNN calls per step),
 ``tv_equivariance`` (the same for the smoothed-TV term alone, whose forward
-differences are not equivariant; cheap).
+differences are not equivariant; cheap), ``inject`` (the DnCNN also reads
+the measurement ``d``, stacked with the iterate: ``R(x, d)``, DE-GRAD / DE-Prox).
 ``contraction``: penalties on ``dT/dx`` at the training fixed points
 (``jfbjax.training.contraction``): ``jac_weight`` (Hutchinson estimate of
 ``||J||_F^2 / n``), ``spectral_weight`` and ``target`` (``max(||J||_2 -
@@ -144,6 +145,7 @@ def _base() -> ml_collections.ConfigDict:
     c.model.pretrain_lr = 1e-3
     c.model.equivariance = 1
     c.model.tv_equivariance = 1
+    c.model.inject = False
 
     c.contraction = ml_collections.ConfigDict()
     c.contraction.jac_weight = 0.0

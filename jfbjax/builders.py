@@ -174,13 +174,17 @@ def blur_from_config(config) -> Blur:
 
 def regulariser_from_config(m, rngs: nnx.Rngs) -> DnCNN:
     """The DnCNN of a ``config.model`` section: ``depth``, ``features``,
-    ``spectral_norm``, and optionally ``channels`` (3) and ``dtype`` ("float32")."""
+    ``spectral_norm``, and optionally ``channels`` (3), ``dtype`` ("float32") and
+    ``inject`` (False; True: it reads twice the channels, the iterate and the
+    measurement)."""
+    channels = int(m.get("channels", 3))
     return DnCNN(
-        int(m.get("channels", 3)),
+        channels,
         int(m.depth),
         int(m.features),
         spectral_norm=bool(m.spectral_norm),
         dtype=str(m.get("dtype", "float32")),
+        in_channels=2 * channels if bool(m.get("inject", False)) else channels,
         rngs=rngs,
     )
 
@@ -214,6 +218,8 @@ def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
     m = config.model
     if m.kind not in ("degrad", "feedforward"):
         raise ValueError(f"model.kind must be 'degrad' or 'feedforward', got {m.kind!r}")
+    if m.kind == "feedforward" and bool(m.get("inject", False)):
+        raise ValueError("model.inject is an option of the equilibrium maps, not of feedforward")
     regulariser = regulariser_from_config(m, rngs)
     if m.kind == "feedforward":
         return FeedForward(blur, regulariser)
@@ -243,5 +249,6 @@ def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
         start=str(m.get("start", "adjoint")),
         start_iters=int(m.get("start_iters", 60)),
         start_weight=float(m.get("start_weight", 0.01)),
+        inject=bool(m.get("inject", False)),
         **extra,
     )

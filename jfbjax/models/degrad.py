@@ -184,6 +184,17 @@ class DEGRAD(nnx.Module):
         differences as they are; 2: averaged with its half turn, i.e. forward
         and backward differences). The TV term costs little next to the DnCNN,
         so this symmetrises the classical part of the map at almost no cost.
+      inject: False (the default, the paper's map): the DnCNN reads the
+        iterate, ``R(x)``. True: it also reads the measurement, ``R(x, d)``
+        with ``x`` and ``d`` stacked along the channels (the regulariser needs
+        ``in_channels = 2 * channels``), the input injection of deep
+        equilibrium models (Bai et al. 2019): the learned term can compare the
+        iterate with what was observed, e.g. where the observation has edges
+        or flat regions, instead of inferring it from ``x`` alone. The fixed
+        point solves ``A^T(A x - d) + R(x, d) = 0``; ``dT/dx`` and the
+        backward modes are unchanged (``d`` is a constant of the solve). With
+        ``equivariance > 1`` ``x`` and ``d`` are transformed together, which
+        keeps the map exactly equivariant.
 
     ``model.solver`` and ``model.backward`` are plain attributes and may be
     reassigned (e.g. a tighter solver for evaluation); :meth:`with_solver`
@@ -210,6 +221,7 @@ class DEGRAD(nnx.Module):
         tv_eps: float = 0.1,
         equivariance: int = 1,
         tv_equivariance: int = 1,
+        inject: bool = False,
     ):
         if not (np.isfinite(eta_init) and eta_init > 0):
             raise ValueError(f"eta_init must be a finite number > 0, got {eta_init!r}")
@@ -239,6 +251,15 @@ class DEGRAD(nnx.Module):
         self.tv_weight, self.tv_eps = float(tv_weight), float(tv_eps)
         self.equivariance = _subgroup_size("equivariance", equivariance)
         self.tv_equivariance = _subgroup_size("tv_equivariance", tv_equivariance)
+        self.inject = bool(inject)
+        c_out = getattr(regulariser, "channels", None)
+        c_in = getattr(regulariser, "in_channels", c_out)
+        if c_out is not None and c_in != (2 if self.inject else 1) * c_out:
+            k = 2 if self.inject else 1
+            raise ValueError(
+                f"inject={self.inject} needs a regulariser with in_channels = {k} x channels, "
+                f"got {c_in} and {c_out}"
+            )
         self.start_kind = start
         self.start_iters = int(start_iters)
         self.start_weight = float(start_weight)
@@ -274,8 +295,8 @@ class DEGRAD(nnx.Module):
             other.backward = jfbjax.as_backward(backward)
         return other
 
-    def _regularise_once(self, x: jax.Array) -> jax.Array:
-        r = self.regulariser(x)
+    def _regularise_once(self, x: jax.Array, d: jax.Array | None = None) -> jax.Array:
+        r = self.regulariser(x if d is None else jnp.concatenate([x, d.astype(x.dtype)], -1))
         if self.tikhonov > 0:
             r = r + self.tikhonov * x
         if self.tv_weight > 0:
@@ -283,20 +304,32 @@ class DEGRAD(nnx.Module):
             r = r + self.tv_weight * tv.astype(r.dtype)
         return r
 
-    def regularise(self, x: jax.Array) -> jax.Array:
-        """The whole regulariser term of the step: the DnCNN ``R(x)`` plus the Tikhonov
-        and smoothed-TV terms when set, averaged over the subgroup of flips/rotations
-        of size ``equivariance`` (:func:`~jfbjax.models.ensemble.symmetrize`; 1: no
+    def regularise(self, x: jax.Array, d: jax.Array | None = None) -> jax.Array:
+        """The whole regulariser term of the step: the DnCNN ``R(x)`` (``R(x, d)``
+        with ``inject``, which needs ``d``) plus the Tikhonov and smoothed-TV terms
+        when set, averaged over the subgroup of flips/rotations of size
+        ``equivariance`` (:func:`~jfbjax.models.ensemble.symmetrize`; 1: no
         average). The smoothed TV's forward differences are not equivariant either
         (a half turn makes them backward differences), so it is averaged with R."""
-        return symmetrize(self._regularise_once, x, self.equivariance)
+        if not self.inject:
+            return symmetrize(self._regularise_once, x, self.equivariance)
+        if d is None or d.shape != x.shape:
+            raise ValueError(
+                "inject=True: the regulariser reads the measurement d, of the iterate's shape "
+                f"{x.shape}; got {None if d is None else d.shape}"
+            )
+        c = x.shape[-1]  # x and d stacked, so that every symmetry moves both
+        both = jnp.concatenate([x, d.astype(x.dtype)], -1)
+        return symmetrize(
+            lambda z: self._regularise_once(z[..., :c], z[..., c:]), both, self.equivariance
+        )
 
     def step(self, x: jax.Array, d: jax.Array) -> jax.Array:
         """One application of ``T(x; d)`` to ``(H, W, C)`` or ``(N, H, W, C)`` images.
 
         Returns an array of ``x``'s shape and dtype.
         """
-        grad = self.blur.adjoint(self.blur.apply(x) - d) + self.regularise(x)
+        grad = self.blur.adjoint(self.blur.apply(x) - d) + self.regularise(x, d)
         if self.precond > 0:
             if self.precond_iters == 0:
                 grad = self.blur.normal_inverse(grad, self.precond)
@@ -379,7 +412,7 @@ class DEProx(DEGRAD):
     def step(self, x: jax.Array, d: jax.Array) -> jax.Array:
         """``D(x - eta A^T(A x - d))`` on ``(H, W, C)`` or ``(N, H, W, C)`` images."""
         z = x - self.eta.astype(x.dtype) * self.blur.adjoint(self.blur.apply(x) - d)
-        out = z - self.regularise(z)
+        out = z - self.regularise(z, d)
         if self.clamp:
             out = jnp.clip(out, -1.0, 1.0)
         return out.astype(x.dtype)

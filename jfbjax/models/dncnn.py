@@ -238,7 +238,7 @@ class DnCNN(nnx.Module):
     receive gradient from the first update of the last one on.
 
     Args:
-      channels: image channels (input and output).
+      channels: image channels (output, and input unless ``in_channels`` is given).
       depth: number of convolutions (>= 2).
       features: channels of the hidden layers.
       spectral_norm: use :class:`SpectralConv` layers.
@@ -247,9 +247,13 @@ class DnCNN(nnx.Module):
         convolution but the first cast to bfloat16, float32 accumulation and
         output; see the module docstring).
         ``"float16"`` is accepted too. Parameters stay float32.
+      in_channels: input channels when they differ from ``channels`` (e.g.
+        ``2 * channels`` for a regulariser that also reads the measurement,
+        :class:`~jfbjax.models.DEGRAD`'s ``inject``); None: ``channels``.
       rngs: initialisation keys.
 
-    Input and output: ``(N, H, W, C)`` or ``(H, W, C)`` images, same shape.
+    Input: ``(N, H, W, in_channels)`` or ``(H, W, in_channels)`` images; output:
+    the same with ``channels`` channels.
     """
 
     def __init__(
@@ -260,15 +264,19 @@ class DnCNN(nnx.Module):
         *,
         spectral_norm: bool = False,
         dtype: str | jnp.dtype = "float32",
+        in_channels: int | None = None,
         rngs: nnx.Rngs,
     ):
         dtype = _compute_dtype(dtype)
-        for name, value, low in (("channels", channels, 1), ("depth", depth, 2)):
+        in_channels = channels if in_channels is None else in_channels
+        for name, value, low in (
+            ("channels", channels, 1), ("in_channels", in_channels, 1), ("depth", depth, 2)
+        ):  # fmt: skip
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"DnCNN {name} must be an integer >= {low}, got {value!r}")
         if not isinstance(features, int) or features < 1:
             raise ValueError(f"DnCNN features must be an integer >= 1, got {features!r}")
-        sizes = [channels] + [features] * (depth - 1) + [channels]
+        sizes = [in_channels] + [features] * (depth - 1) + [channels]
 
         def conv(c_in: int, c_out: int, dtype: jnp.dtype) -> nnx.Module:
             if spectral_norm:
@@ -295,14 +303,15 @@ class DnCNN(nnx.Module):
         last.kernel[...] = jnp.zeros_like(last.kernel[...])
         last.bias[...] = jnp.zeros_like(last.bias[...])
         self.channels = channels
+        self.in_channels = in_channels
         self.spectral_norm = spectral_norm
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if x.ndim not in (3, 4) or x.shape[-1] != self.channels:
+        c = self.in_channels
+        if x.ndim not in (3, 4) or x.shape[-1] != c:
             raise ValueError(
-                f"DnCNN expects (N, H, W, {self.channels}) or (H, W, {self.channels}) images, "
-                f"got shape {x.shape}"
+                f"DnCNN expects (N, H, W, {c}) or (H, W, {c}) images, got shape {x.shape}"
             )
         h = x
         for layer in self.layers[:-1]:

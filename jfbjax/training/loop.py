@@ -109,6 +109,12 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.noise_std must be >= 0, got {config.noise_std}")
     if int(config.seed) < 0:
         raise ValueError(f"config.seed must be >= 0, got {config.seed}")
+    m = config.model
+    if bool(m.get("inject", False)) and int(m.get("pretrain_steps", 0)) > 0:
+        raise ValueError(
+            "model.pretrain_steps > 0 needs model.inject=false: the denoiser pretraining "
+            "trains R on noisy images alone, with no measurement to stack beside them"
+        )
 
 
 def _say(message: str) -> None:

@@ -92,6 +92,7 @@ ADDED_FIELDS: dict[str, object] = {
     "optim.loss": "mse",
     "model.equivariance": 1,
     "model.tv_equivariance": 1,
+    "model.inject": False,
 }
 
 

@@ -171,6 +171,21 @@ def test_an_equivariant_degrad_map_commutes_with_its_subgroup():
         DEGRAD(blur, DnCNN(3, 3, 8, rngs=nnx.Rngs(0)), equivariance=3)
 
 
+def test_an_injected_measurement_moves_with_the_iterate_under_the_average():
+    """With inject, symmetrize transforms x and d together: the averaged step is
+    exactly equivariant, the plain one is not."""
+    blur = Blur(kernel_size=5, sigma=5.0)
+    x, d = _images(seed=6), blur.apply(_images(seed=7))
+    half = lambda v: dihedral(v, 2)
+    for size, equivariant in ((1, False), (2, True)):
+        model = DEGRAD(blur, DnCNN(3, 3, 8, in_channels=6, rngs=nnx.Rngs(0)), inject=True,
+                       equivariance=size)  # fmt: skip
+        last = model.regulariser.layers[-1]
+        last.kernel[...] = 0.05 * jax.random.normal(jax.random.PRNGKey(1), last.kernel.shape)
+        gap = np.max(np.abs(model.step(half(x), half(d)) - half(model.step(x, d))))
+        assert (gap < 1e-5) == equivariant, (size, gap)
+
+
 def test_tv_equivariance_symmetrises_the_smoothed_tv_term_alone():
     blur = Blur(kernel_size=5, sigma=5.0)
     x = _images(seed=8)

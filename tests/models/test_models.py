@@ -543,6 +543,32 @@ def test_feedforward():
         ff(d[0])
 
 
+def test_inject_stacks_the_measurement_beside_the_iterate():
+    """inject=True: R reads (x, d) stacked along the channels; the step is DE-GRAD's
+    with that R, and the solve converges as before."""
+    model = DEGRAD(BLUR, DnCNN(3, 3, 8, in_channels=6, rngs=nnx.Rngs(0)), inject=True,
+                   solver=jfbjax.Picard(tol=1e-6, max_iter=500))  # fmt: skip
+    _perturb_last_layer(model.regulariser, 0.05)
+    x, d = _images(0, (2, 8, 8, 3)), BLUR.apply(_images(1, (2, 8, 8, 3)))
+    other_d = BLUR.apply(_images(2, (2, 8, 8, 3)))
+    r = _jit_call(model, "regularise")(x, d)
+    np.testing.assert_allclose(r, model.regulariser(jnp.concatenate([x, d], -1)), atol=1e-6)
+    assert np.max(np.abs(r - _jit_call(model, "regularise")(x, other_d))) > 1e-3
+    expected = x - model.eta * (BLUR.adjoint(BLUR.apply(x) - d) + r)
+    np.testing.assert_allclose(_jit_call(model, "step")(x, d), expected, atol=1e-5)
+    x_star, info = _jit_call(model)(d)
+    np.testing.assert_array_equal(info.status, jfbjax.CONVERGED)
+    np.testing.assert_allclose(_jit_call(model, "step")(x_star, d), x_star, atol=1e-4)
+    with pytest.raises(ValueError, match="measurement d"):
+        model.regularise(x)
+    with pytest.raises(ValueError, match=r"in_channels = 2 x channels, got 3 and 3"):
+        DEGRAD(BLUR, DnCNN(3, 3, 8, rngs=nnx.Rngs(0)), inject=True)
+    with pytest.raises(ValueError, match=r"in_channels = 1 x channels, got 6 and 3"):
+        DEGRAD(BLUR, DnCNN(3, 3, 8, in_channels=6, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"\(N, H, W, 6\)"):
+        model.regulariser(x)
+
+
 # ---------------------------------------------------------------------- config
 
 
@@ -605,7 +631,13 @@ def test_build_model_from_config():
     m = build_model(c, Blur(), nnx.Rngs(0))
     assert isinstance(m, DEProx) and m.start_kind == "cg" and m.start_iters == 3
 
+    c.model.family, c.model.inject = "degrad", True
+    m = build_model(c, Blur(), nnx.Rngs(0))
+    assert m.inject and m.regulariser.layers[0].kernel.shape[-2:] == (6, 8)
     c.model.kind = "feedforward"
+    with pytest.raises(ValueError, match=r"model\.inject"):
+        build_model(c, Blur(), nnx.Rngs(0))
+    c.model.inject = False
     ff = build_model(c, Blur(), nnx.Rngs(0))
     assert isinstance(ff, FeedForward)
     x, info = _jit_call(ff)(d)

@@ -95,6 +95,14 @@ def test_resume_needs_a_checkpoint(tmp_path):
         train_and_evaluate(_config(), tmp_path / "empty", resume=True, progress=False)
 
 
+def test_pretraining_with_an_injected_measurement_is_refused_before_anything_runs(tmp_path):
+    config = _config()
+    config.model.inject, config.model.pretrain_steps = True, 3
+    with pytest.raises(ValueError, match=r"model\.inject=false"):
+        train_and_evaluate(config, tmp_path / "run", progress=False)
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     def poison(step, batch):
         if step == 4:
