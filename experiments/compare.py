@@ -75,6 +75,7 @@ from jfbjax.training import (
     score,
     train_and_evaluate,
 )
+from jfbjax.training.checkpoints import has_checkpoint
 from jfbjax.training.classical import classical_methods, evaluate_classical, input_baselines
 from jfbjax.training.figures import plot_restorations
 from jfbjax.training.profiling import compiled_memory, time_call
@@ -260,7 +261,7 @@ def _complete(workdir: str) -> bool:
     The results, metrics and config of ``results/<preset>/runs`` are committed
     to the repository without checkpoints, so a fresh clone holds records
     that cannot be reused."""
-    return os.path.exists(os.path.join(workdir, "results.json")) and os.path.isdir(
+    return os.path.exists(os.path.join(workdir, "results.json")) and has_checkpoint(
         os.path.join(workdir, "checkpoints", "latest")
     )
 
@@ -280,7 +281,7 @@ def _train(run: LearnedRun, workdir: str, out: str, progress: bool) -> dict:
         if _complete(workdir):
             with open(results_path) as f:
                 return json.load(f)
-        if os.path.isdir(os.path.join(workdir, "checkpoints", "latest")):
+        if has_checkpoint(os.path.join(workdir, "checkpoints", "latest")):
             resume = True
         else:  # no checkpoint: killed before its first one, or a committed record (fresh clone)
             if os.path.exists(results_path):

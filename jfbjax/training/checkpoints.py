@@ -25,10 +25,24 @@ import orbax.checkpoint as ocp
 
 from jfbjax.training.train_state import TrainState
 
-__all__ = ["BEST_METRIC", "Checkpoints"]
+__all__ = ["BEST_METRIC", "Checkpoints", "has_checkpoint"]
 
 #: The metric that ranks checkpoints in ``best/`` (higher is better).
 BEST_METRIC = "val/psnr_standard"
+
+
+def has_checkpoint(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` (e.g. ``<workdir>/checkpoints/latest``) holds a finished checkpoint.
+
+    Orbax writes a checkpoint into a temporary folder and renames it to its step
+    number when it is complete, so a run killed before (or during) its first save
+    leaves the folder empty (or with a temporary folder only): False.
+    """
+    directory = os.fspath(directory)
+    return os.path.isdir(directory) and any(
+        name.isdigit() and os.path.isdir(os.path.join(directory, name))
+        for name in os.listdir(directory)
+    )
 
 
 def _all_finite(tree) -> bool:

@@ -7,6 +7,7 @@ import os
 
 import jax
 
+from jfbjax.training.checkpoints import has_checkpoint
 from jfbjax.training.records import config_diff, config_json, read_config_record, write_json
 
 __all__ = ["ResultsExistError", "RunDir", "open_run_dir"]
@@ -83,7 +84,13 @@ def open_run_dir(workdir, config, resume: bool, say=print) -> tuple[RunDir, dict
             f"{run_dir.workdir} already holds a run (metrics.jsonl / checkpoints); pass --resume "
             f"to continue it or choose a fresh --out folder"
         )
-    if resume and not os.path.isdir(os.path.join(run_dir.checkpoints, "latest")):
+    if resume and not has_checkpoint(os.path.join(run_dir.checkpoints, "latest")):
+        if has_run:
+            raise FileNotFoundError(
+                f"--resume: the run in {run_dir.workdir} stopped before its first checkpoint, so "
+                "there is nothing to resume: delete the folder (or choose another --out) and "
+                "start the run without --resume"
+            )
         raise FileNotFoundError(
             f"--resume: no checkpoint to resume from in {run_dir.checkpoints}; start the run "
             f"without --resume"

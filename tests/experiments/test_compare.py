@@ -159,6 +159,14 @@ def test_a_run_record_without_checkpoints_is_trained_again(smoke, tmp_path):
     table = compare.run([*argv, "--methods", "jfb"])
     assert [r["method"] for r in table["rows"]] == ["jfb"]
     assert (tmp_path / "runs" / "jfb" / "seed0" / "checkpoints" / "latest").is_dir()
+    # a run killed before its first checkpoint: no results, an empty latest/
+    # (a regression: it was taken for a resumable run, and the resume failed)
+    run = tmp_path / "runs" / "jfb" / "seed0"
+    os.remove(run / "results.json")
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints" / "latest").mkdir(parents=True)
+    table = compare.run([*argv, "--methods", "jfb"])
+    assert [r["method"] for r in table["rows"]] == ["jfb"] and (run / "results.json").exists()
 
 
 def test_skip_missing_tabulates_only_finished_runs(smoke, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 
 from experiments.configs import get_config
 from jfbjax.training import NonFiniteLossError, ResultsExistError, train_and_evaluate
+from jfbjax.training.checkpoints import has_checkpoint
 
 
 def _config(steps=8):
@@ -101,6 +102,19 @@ def test_pretraining_with_an_injected_measurement_is_refused_before_anything_run
     with pytest.raises(ValueError, match=r"model\.inject=false"):
         train_and_evaluate(config, tmp_path / "run", progress=False)
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_run_killed_before_its_first_checkpoint_says_so_on_resume(tmp_path):
+    # killed before its first step: config, metrics and an empty checkpoints/latest
+    with pytest.raises(_Crash):
+        train_and_evaluate(_config(), tmp_path / "run", batch_hook=_crash_at(0), progress=False)
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    (latest / "3.orbax-checkpoint-tmp-1").mkdir(parents=True)  # an interrupted save
+    assert not has_checkpoint(latest)
+    with pytest.raises(FileNotFoundError, match="stopped before its first checkpoint"):
+        train_and_evaluate(_config(), tmp_path / "run", resume=True, progress=False)
+    (latest / "3").mkdir()
+    assert has_checkpoint(latest)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
