@@ -72,8 +72,8 @@ def build(config, blur, dtype: str = "float32", seed: int = 0) -> DEGRAD:
     overrides)."""
     c = config.copy_and_resolve_references()
     c.model.update(
-        kind="degrad", family="degrad", start="adjoint", precond=0.0, tikhonov=0.0,
-        tv_weight=0.0, dtype=dtype,
+        kind="degrad", family="degrad", start="adjoint", precond=0.0, precond_tv=False,
+        tikhonov=0.0, tv_weight=0.0, dtype=dtype,
     )  # fmt: skip
     c.solver.name, c.backward.name = "anderson", "jfb"
     return build_model(c, blur, nnx.Rngs(seed))

@@ -41,14 +41,25 @@ from jfbjax.training.profiling import time_call
 #: Chebyshev iterations of the ``cpu`` preset's P (``model.precond_iters``).
 CHEB_ITERS = 10
 
+#: The map whose two forms of ``P = (A^T A + mu I)^-1`` are compared: the ``cpu``
+#: preset's until 2026-12-06 (mu 0.25, no lagged-diffusivity term, eta from 1).
+PINNED = {"precond": 0.25, "precond_tv": False, "eta_init": 1.0}
+
+
+def _config():
+    from experiments.configs import get_config
+
+    config = get_config("cpu")
+    config.model.update(PINNED)
+    return config
+
 
 def _model_step(precond_iters: int, x, d):
     """``(fn, args)``: the step ``T(x; d)`` of the untrained ``cpu``-preset model."""
-    from experiments.configs import get_config
     from jfbjax.builders import blur_from_config, build_model
     from jfbjax.models.dncnn import freeze_spectral_norm
 
-    config = get_config("cpu")
+    config = _config()
     config.model.precond_iters = precond_iters
     model = freeze_spectral_norm(build_model(config, blur_from_config(config), nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
@@ -58,10 +69,9 @@ def _model_step(precond_iters: int, x, d):
 def measure(sizes, batch: int, cheb_iters: int, repeats: int) -> list[dict]:
     """One row per (size, operation): median ms of each form and their ratio; the
     ``P`` rows also hold the relative gap ``||P_cheb x - P_exact x|| / ||P_exact x||``."""
-    from experiments.configs import get_config
     from jfbjax.builders import blur_from_config
 
-    config = get_config("cpu")
+    config = _config()
     blur, mu = blur_from_config(config), float(config.model.precond)
     forms = {"chebyshev": cheb_iters, "exact": 0}
     rows = []
@@ -100,6 +110,7 @@ def measure_training(steps: int, workdir: str, cheb_iters: int) -> list[dict]:
     for name, iters in {"chebyshev": cheb_iters, "exact": 0}.items():
 
         def configure(config, iters=iters):
+            config.model.update(PINNED)
             config.model.precond_iters = iters
 
         rows.append({"form": name, **short_cpu_training(steps, f"{workdir}/{name}", configure)})

@@ -66,6 +66,8 @@ BASELINE: tuple[str, ...] = (
     "model.equivariance=1",
     "model.tv_equivariance=1",
     "model.inject=false",
+    "model.precond_tv=false",
+    "model.eta_init=1.0",
     "optim.loss=mse",
     "self_ensemble=false",
     "solver.tol=1e-3",
@@ -117,6 +119,12 @@ _PC = ("model.precond=0.05",)
 _PC1_E05 = (*_TV_05, "model.precond=0.1", "model.start=cg")
 #: The eps-0.02 / mu-0.25 map (the cpu default since 2026-12-03), base of the rows after it.
 _PC25_E02 = ("model.tv_weight=1e-3", "model.tv_eps=0.02", "model.precond=0.25", "model.start=cg")
+
+#: The smoothed-TV map preconditioned with the TV's lagged diffusivity (precond_tv).
+_LAGGED05 = (
+    *_PC25_E02[:2], "model.start=cg", "model.tv_equivariance=2", "model.precond=0.05",
+    "model.precond_iters=5", "model.precond_tv=true", "model.eta_init=1.8",
+)  # fmt: skip
 
 LEVERS: tuple[Lever, ...] = (
     Lever("base", "baseline: DE-GRAD from A^T d (the paper's map)"),
@@ -292,15 +300,22 @@ LEVERS: tuple[Lever, ...] = (
     ),
     Lever(
         "tv_pc25_e02_exact_tveq2_inject",
-        "the cpu default, R also reads the measurement d (input injection)",
+        "eps-0.02 / mu-0.25 map, exact preconditioner, half-turn TV, R also reads d",
         (*_PC25_E02, "model.precond_iters=0", "model.tv_equivariance=2", "model.inject=true"),
+        group="combination",
+    ),
+    Lever(
+        "tv_e02_lagged05",
+        "smoothed TV eps 0.02 (half-turn average), CG start, preconditioner with the TV's "
+        "lagged diffusivity, mu 0.05, 5 Chebyshev steps, eta from 1.8",
+        _LAGGED05,
         group="combination",
     ),
 )
 
 
 #: The row whose configuration is the ``cpu`` preset's (a test keeps them equal).
-DEFAULT_LEVER = "tv_pc25_e02_exact_tveq2"
+DEFAULT_LEVER = "tv_e02_lagged05"
 
 
 def baseline(preset: str) -> tuple[str, ...]:

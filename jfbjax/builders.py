@@ -232,6 +232,7 @@ def build_model(config, blur: Blur, rngs: nnx.Rngs) -> DEGRAD | FeedForward:
         extra = {
             "precond": float(m.get("precond", 0.0)),
             "precond_iters": int(m.get("precond_iters", 10)),
+            "precond_tv": bool(m.get("precond_tv", False)),
             "tikhonov": float(m.get("tikhonov", 0.0)),
             "tv_weight": float(m.get("tv_weight", 0.0)),
             "tv_eps": float(m.get("tv_eps", 0.1)),

@@ -35,6 +35,7 @@ __all__ = [
     "tikhonov_cg",
     "tune_weight",
     "tv_deblur",
+    "tv_lagged_diffusivity",
     "tv_objective",
     "wiener",
 ]
@@ -166,6 +167,24 @@ def smoothed_tv_gradient(x: jax.Array, eps: float) -> jax.Array:
         raise ValueError(f"eps must be > 0, got {eps!r}")
     g = _grad(x)
     return -_div(g / jnp.sqrt(jnp.sum(g**2, axis=-1, keepdims=True) + eps**2))
+
+
+def tv_lagged_diffusivity(x: jax.Array, v: jax.Array, eps: float) -> jax.Array:
+    r"""The lagged-diffusivity operator of the smoothed TV at ``x``, applied to ``v``,
+
+    .. math:: L_x v = -\operatorname{div}\Big(
+              \frac{\nabla v}{\sqrt{|\nabla x|^2 + \varepsilon^2}}\Big),
+
+    i.e. :func:`smoothed_tv_gradient` with its weights frozen at ``x``
+    (``grad TV_eps(x) = L_x x``; Vogel and Oman's fixed-point iteration for TV).
+    Symmetric positive semi-definite, norm at most ``8 / eps``, and it dominates
+    the Hessian of ``TV_eps`` at ``x`` (the Hessian removes from each pixel's weight
+    the part along ``grad x``). ``x``, ``v``: (..., H, W, C); same shape out.
+    """
+    if not float(eps) > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    weight = 1.0 / jnp.sqrt(jnp.sum(_grad(x) ** 2, axis=-1, keepdims=True) + eps**2)
+    return -_div(weight * _grad(v))
 
 
 def tv_objective(x: jax.Array, d: jax.Array, blur: Blur, weight: float) -> jax.Array:

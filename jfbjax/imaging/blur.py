@@ -117,6 +117,41 @@ def normal_eigh(n: int, g: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     return lam, u
 
 
+def chebyshev(matvec, b: jax.Array, lo: float, hi: float, iters: int, precond=None) -> jax.Array:
+    r"""``iters`` Chebyshev iterations on ``M y = b`` from ``y = 0`` (Saad, *Iterative
+    methods for sparse linear systems*, Alg. 12.1), optionally preconditioned by ``B``.
+
+    ``matvec`` applies the symmetric positive-definite ``M``; ``precond`` (None: the
+    identity) applies a symmetric positive-definite ``B`` such that the spectrum of
+    ``B M`` lies in ``[lo, hi]``, ``0 < lo < hi``. The result is ``q(B M) B b`` for a
+    fixed polynomial ``q`` of degree ``iters - 1``: its coefficients do not depend on
+    ``b`` (unlike conjugate gradients'), so it is a linear operator of ``b``,
+    symmetric (``q(BM) B = B q(MB)``), and on the interval ``|1 - t q(t)| <= 2 r^iters``
+    with ``r = (sqrt(k) - 1) / (sqrt(k) + 1)``, ``k = hi / lo``: positive definite
+    once that bound is below 1. Cost: ``iters`` products with ``M`` and with ``B``.
+    """
+    apply_b = (lambda v: v) if precond is None else precond
+    theta, delta = (hi + lo) / 2, (hi - lo) / 2
+    sigma = theta / delta
+    rho = 1.0 / sigma
+    y = jnp.zeros_like(b)
+    r = b
+    step = apply_b(b) / theta
+    for _ in range(int(iters)):
+        y = y + step
+        r = r - matvec(step)
+        rho_next = 1.0 / (2.0 * sigma - rho)
+        step = rho_next * rho * step + (2.0 * rho_next / delta) * apply_b(r)
+        rho = rho_next
+    return y
+
+
+def chebyshev_bound(lo: float, hi: float, iters: int) -> float:
+    """``2 r^iters``: the bound on ``|1 - t q(t)|`` over ``[lo, hi]`` of :func:`chebyshev`."""
+    k = hi / lo
+    return 2.0 * ((np.sqrt(k) - 1.0) / (np.sqrt(k) + 1.0)) ** int(iters)
+
+
 @dataclasses.dataclass(frozen=True)
 class Blur:
     """Depthwise Gaussian blur ``A``; frozen and hashable, hence static under ``jit``.
@@ -299,20 +334,8 @@ class Blur:
             raise ValueError(f"mu must be > 0, got {mu!r}")
         if isinstance(iters, bool) or int(iters) < 1:
             raise ValueError(f"iters must be an integer >= 1, got {iters!r}")
-        lo, hi = float(mu), 1.0 + float(mu)
-        theta, delta = (hi + lo) / 2, (hi - lo) / 2
-        sigma = theta / delta
-        rho = 1.0 / sigma
-        y = jnp.zeros_like(x)
-        r = x
-        step = x / theta
-        for _ in range(int(iters)):
-            y = y + step
-            r = r - (self.normal(step) + float(mu) * step)
-            rho_next = 1.0 / (2.0 * sigma - rho)
-            step = rho_next * rho * step + (2.0 * rho_next / delta) * r
-            rho = rho_next
-        return y
+        mu = float(mu)
+        return chebyshev(lambda v: self.normal(v) + mu * v, x, mu, 1.0 + mu, int(iters))
 
     def normal_inverse(self, x: jax.Array, mu: float) -> jax.Array:
         r"""``(A^T A + mu I)^{-1} x``, exactly (to float rounding), for ``mu > 0``.

@@ -93,6 +93,7 @@ ADDED_FIELDS: dict[str, object] = {
     "model.equivariance": 1,
     "model.tv_equivariance": 1,
     "model.inject": False,
+    "model.precond_tv": False,
 }
 
 

@@ -270,3 +270,26 @@ def test_smoothed_tv_gradient_is_the_gradient_with_a_psd_bounded_hessian(x64):
     np.testing.assert_allclose(jnp.sum(smoothed_tv(x, 1e-9)), tv, rtol=1e-6)
     with pytest.raises(ValueError, match="eps"):
         smoothed_tv_gradient(x, 0.0)
+
+
+def test_lagged_diffusivity_freezes_the_tv_weights_and_dominates_the_hessian(x64):
+    from jfbjax.imaging.baselines import smoothed_tv_gradient, tv_lagged_diffusivity
+
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((5, 4, 2)))
+    n = x.size
+    for eps in (0.05, 0.5):
+        np.testing.assert_allclose(
+            tv_lagged_diffusivity(x, x, eps), smoothed_tv_gradient(x, eps), rtol=1e-12, atol=1e-12
+        )
+        lagged = jax.jacfwd(lambda v, eps=eps: tv_lagged_diffusivity(x, v.reshape(x.shape), eps))(
+            x.reshape(-1)
+        ).reshape(n, n)
+        hess = jax.jacfwd(lambda v, eps=eps: smoothed_tv_gradient(v.reshape(x.shape), eps))(
+            x.reshape(-1)
+        ).reshape(n, n)
+        np.testing.assert_allclose(lagged, lagged.T, atol=1e-12)
+        eig = np.linalg.eigvalsh(np.asarray(lagged))
+        assert eig.min() > -1e-10 and eig.max() <= 8 / eps + 1e-9
+        assert np.linalg.eigvalsh(np.asarray(lagged - hess)).min() > -1e-10  # L_x >= Hessian
+    with pytest.raises(ValueError, match="eps"):
+        tv_lagged_diffusivity(x, x, 0.0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jfbjax.imaging import Blur, gaussian_kernel
-from jfbjax.imaging.blur import EIGEN_MAX
+from jfbjax.imaging.blur import EIGEN_MAX, chebyshev, chebyshev_bound
 
 SHAPES = [(7, 9, 1), (8, 8, 3), (16, 15, 3), (2, 7, 9, 3), (2, 3, 8, 8, 1)]
 
@@ -288,3 +288,39 @@ def test_exact_normal_inverse(x64, boundary):
 def test_exact_normal_inverse_refuses_images_past_the_matrix_size():
     with pytest.raises(ValueError, match="normal_inverse_approx"):
         Blur(5, 5.0, "zero").normal_inverse(jnp.ones((EIGEN_MAX + 1, 4, 1)), 0.1)
+
+
+def test_preconditioned_chebyshev_is_a_fixed_spd_operator_within_its_bound(x64):
+    # M = A^T A + mu I + S (S a random PSD matrix), B = (A^T A + mu I)^-1: the
+    # spectrum of B M lies in [1, 1 + ||S|| / mu].
+    blur, shape, mu = Blur(5, 5.0), (5, 4, 2), 0.1
+    n = int(np.prod(shape))
+    g = np.random.default_rng(0).standard_normal((n, n)) / np.sqrt(n)
+    s = g @ g.T
+    s_apply = lambda v: jnp.einsum("ij,...j->...i", s, v.reshape(*v.shape[:-3], n)).reshape(v.shape)
+    matvec = lambda v: blur.normal(v) + mu * v + s_apply(v)
+    inverse = lambda v: blur.normal_inverse(v, mu)
+    lo, hi = 1.0, 1.0 + np.linalg.eigvalsh(s).max() / mu
+    m = _dense(matvec, shape)
+    for iters in (3, 8):
+        p = _dense(lambda b, k=iters: chebyshev(matvec, b, lo, hi, k, precond=inverse), shape)
+        np.testing.assert_allclose(p, p.T, atol=1e-10)  # symmetric
+        assert np.linalg.eigvalsh(p).min() > 0
+        # |1 - t q(t)| on the spectrum of B M, measured in the M-norm
+        half = np.linalg.cholesky(m)
+        residual = half.T @ (np.eye(n) - p @ m) @ np.linalg.inv(half.T)
+        assert np.linalg.norm(residual, 2) <= chebyshev_bound(lo, hi, iters) + 1e-10
+        # linear in b (no dependence of its coefficients on the right-hand side)
+        b = jnp.asarray(np.random.default_rng(iters).standard_normal(shape))
+        np.testing.assert_allclose(
+            chebyshev(matvec, 3 * b, lo, hi, iters, precond=inverse),
+            3 * chebyshev(matvec, b, lo, hi, iters, precond=inverse),
+            rtol=1e-12,
+        )
+    # without a preconditioner it is normal_inverse_approx
+    b = jnp.asarray(np.random.default_rng(5).standard_normal(shape))
+    np.testing.assert_allclose(
+        chebyshev(lambda v: blur.normal(v) + mu * v, b, mu, 1 + mu, 6),
+        blur.normal_inverse_approx(b, mu, 6),
+        rtol=1e-12,
+    )
