@@ -311,6 +311,19 @@ LEVERS: tuple[Lever, ...] = (
         _LAGGED05,
         group="combination",
     ),
+    Lever(
+        "tv_e02_lagged05_tik2",
+        "the lagged-preconditioner map, Tikhonov term 0.002 x in R (curvature where the "
+        "blur and the TV are weak)",
+        (*_LAGGED05, "model.tikhonov=0.002"),
+        group="combination",
+    ),
+    Lever(
+        "tv_e02_lagged05_s300",
+        "the lagged-preconditioner map, 300 training steps instead of 250",
+        (*_LAGGED05, "steps=300"),
+        group="combination",
+    ),
 )
 
 

@@ -288,8 +288,8 @@ class DEGRAD(nnx.Module):
         self.inject = bool(inject)
         c_out = getattr(regulariser, "channels", None)
         c_in = getattr(regulariser, "in_channels", c_out)
-        if c_out is not None and c_in != (2 if self.inject else 1) * c_out:
-            k = 2 if self.inject else 1
+        k = 2 if self.inject else 1
+        if c_out is not None and c_in != k * c_out:
             raise ValueError(
                 f"inject={self.inject} needs a regulariser with in_channels = {k} x channels, "
                 f"got {c_in} and {c_out}"
@@ -352,11 +352,7 @@ class DEGRAD(nnx.Module):
                 "inject=True: the regulariser reads the measurement d, of the iterate's shape "
                 f"{x.shape}; got {None if d is None else d.shape}"
             )
-        c = x.shape[-1]  # x and d stacked, so that every symmetry moves both
-        both = jnp.concatenate([x, d.astype(x.dtype)], -1)
-        return symmetrize(
-            lambda z: self._regularise_once(z[..., :c], z[..., c:]), both, self.equivariance
-        )
+        return symmetrize(self._regularise_once, x, self.equivariance, d.astype(x.dtype))
 
     def _lagged_interval(self) -> tuple[float, float]:
         """The spectrum of ``(A^T A + mu I)^{-1} (A^T A + mu I + w L_x)`` lies in it."""
@@ -364,14 +360,11 @@ class DEGRAD(nnx.Module):
 
     def lagged_precondition(self, x: jax.Array, g: jax.Array) -> jax.Array:
         """``P(x) g ~ (A^T A + mu I + w L_x)^{-1} g`` (``precond_tv``; see the class docstring)."""
-        mu, w, c = self.precond, self.tv_weight, x.shape[-1]
+        mu, w = self.precond, self.tv_weight
+        lagged = lambda x, v: tv_lagged_diffusivity(x, v, self.tv_eps)
 
-        def lagged_once(z):  # x and v stacked, so that every symmetry moves both
-            return tv_lagged_diffusivity(z[..., :c], z[..., c:], self.tv_eps)
-
-        def matvec(v):
-            both = jnp.concatenate([x, v], -1)
-            tv = symmetrize(lagged_once, both, self.tv_equivariance)
+        def matvec(v):  # x moves with v under every symmetry of the average
+            tv = symmetrize(lagged, x, self.tv_equivariance, v)
             return self.blur.normal(v) + mu * v + w * tv
 
         lo, hi = self._lagged_interval()

@@ -83,30 +83,39 @@ SUBGROUPS: dict[int, tuple[int, ...]] = {1: (0,), 2: (0, 2), 4: (0, 1, 2, 3), 8:
 RECTANGLE = (0, 2, 5, 7)
 
 
-def symmetrize(fn, x: jax.Array, size: int) -> jax.Array:
+def symmetrize(fn, x: jax.Array, size: int, *others: jax.Array) -> jax.Array:
     r"""``fn`` averaged over a subgroup ``H`` of the square's symmetries (:data:`SUBGROUPS`):
 
     .. math:: f_H(x) = \frac{1}{|H|} \sum_{g \in H} g^{-1} f(g\, x),
 
     which is exactly ``H``-equivariant, ``f_H(h x) = h f_H(x)`` for ``h`` in ``H``
     (substitute ``g' = g h`` in the sum), and equals ``fn`` when ``fn`` already
-    is. ``size`` 1 returns ``fn(x)``; 2 (the half turn) takes any (..., H, W, C)
-    image; 4 and 8 (quarter turns) need ``H == W``. Cost: ``size`` calls of ``fn``.
+    is. ``size`` 1 returns ``fn(x, *others)``; 2 (the half turn) takes any
+    (..., H, W, C) image; 4 and 8 (quarter turns) need ``H == W``. ``others``:
+    more images of ``x``'s height and width that ``fn`` reads (``fn(x, *others)``),
+    moved by each ``g`` together with ``x`` (a measurement, a direction), so the
+    average is equivariant in all of them at once. Cost: ``size`` calls of ``fn``.
     """
     if size not in SUBGROUPS:
         raise ValueError(f"the subgroup size must be one of {tuple(SUBGROUPS)}, got {size!r}")
+    for other in others:
+        if other.shape[-3:-1] != x.shape[-3:-1]:
+            raise ValueError(
+                f"every image symmetrized with x must be {x.shape[-3]} x {x.shape[-2]}, got "
+                f"{other.shape[-3]} x {other.shape[-2]}"
+            )
     if size == 1:
-        return fn(x)
+        return fn(x, *others)
     if size > 2 and x.shape[-3] != x.shape[-2]:
         raise ValueError(
             f"averaging over quarter turns needs square images, got {x.shape[-3]} x {x.shape[-2]}"
         )
-    return _orbit_mean(fn, x, SUBGROUPS[size])
+    return _orbit_mean(fn, SUBGROUPS[size], x, *others)
 
 
-def _orbit_mean(fn, x: jax.Array, group) -> jax.Array:
-    """``mean_{k in group} dihedral_inverse(fn(dihedral(x, k)), k)``."""
-    outs = [dihedral_inverse(fn(dihedral(x, k)), k) for k in group]
+def _orbit_mean(fn, group, *args: jax.Array) -> jax.Array:
+    """``mean_{k in group} dihedral_inverse(fn(*(dihedral(a, k) for a in args)), k)``."""
+    outs = [dihedral_inverse(fn(*(dihedral(a, k) for a in args)), k) for k in group]
     return sum(outs[1:], outs[0]) / len(outs)
 
 
@@ -167,7 +176,7 @@ class SelfEnsemble(nnx.Module):
             infos.append(info_k)
             return x_k
 
-        x_hat = _orbit_mean(solve, d, group)
+        x_hat = _orbit_mean(solve, group, d)
         info = jfbjax.SolverInfo(
             iterations=sum(i.iterations for i in infos),
             residual=jnp.max(jnp.stack([i.residual for i in infos]), axis=0),

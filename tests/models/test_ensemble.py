@@ -141,6 +141,25 @@ def test_symmetrize_makes_any_map_equivariant_to_its_subgroup(size):
     np.testing.assert_array_equal(symmetrize(fn, x, 1), fn(x))
 
 
+def test_symmetrize_moves_the_other_images_with_x():
+    """``symmetrize(fn, x, size, y)`` is equivariant in ``x`` and ``y`` moved together
+    (and not when only ``x`` moves); ``size`` 1 is ``fn(x, y)``."""
+    w = jnp.asarray(np.random.default_rng(4).normal(size=(8, 8, 1)), jnp.float32)
+
+    def fn(x, y):  # a one-sided difference of y, weighted by a fixed pattern times x
+        return w * x * (y - jnp.roll(y, 1, axis=-2))
+
+    x, y = _images(seed=1), _images(seed=2)
+    f_h = symmetrize(fn, x, 4, y)
+    for k in SUBGROUPS[4]:
+        moved = symmetrize(fn, dihedral(x, k), 4, dihedral(y, k))
+        np.testing.assert_allclose(moved, dihedral(f_h, k), atol=1e-5)
+    assert not np.allclose(symmetrize(fn, dihedral(x, 1), 4, y), dihedral(f_h, 1), atol=1e-3)
+    np.testing.assert_array_equal(symmetrize(fn, x, 1, y), fn(x, y))
+    with pytest.raises(ValueError, match="8 x 8"):
+        symmetrize(fn, x, 2, y[..., :4, :, :])
+
+
 def test_symmetrize_refuses_bad_sizes_and_non_square_rotations():
     x = jnp.zeros((1, 6, 4, 3))
     assert symmetrize(lambda v: v + 1, x, 2).shape == x.shape  # a half turn keeps H x W
