@@ -359,6 +359,10 @@ def _row(lever: Lever, per_seed: list[dict]) -> dict:
         (r["contraction_max"] for r in per_seed if r.get("contraction_max") is not None),
         default=None,
     )
+    row["val_contraction_max"] = max(
+        (r["val_contraction_max"] for r in per_seed if r.get("val_contraction_max") is not None),
+        default=None,
+    )
     row["per_seed"] = per_seed
     return row
 
@@ -375,6 +379,7 @@ def _seed_record(results: dict, workdir: str, seed: int) -> dict:
         "tv_ssim_standard": results["test"].get("tv", {}).get("ssim_standard"),
         "contraction_mean": test.get("contraction_mean"),
         "contraction_max": test.get("contraction_max"),
+        "val_contraction_max": (results.get("contraction") or {}).get("val_max"),
         "mean_iterations": test["mean_iterations"],
         "fraction_converged": test["fraction_converged"],
         **adjoint_fields(results),
@@ -391,6 +396,7 @@ def _table_md(rows: list[dict], header: dict) -> str:
         "seed spread",
         "test SSIM",
         "val PSNR (dB)",
+        "val contraction max",
         "contraction mean / max",
         "fwd iters",
         "converged",
@@ -408,6 +414,7 @@ def _table_md(rows: list[dict], header: dict) -> str:
             "–" if spread is None else f"±{spread:.2f} (n={len(r['seeds'])})",
             fmt(r["ssim_standard"], ".3f"),
             fmt(r["val_psnr_standard"]),
+            fmt(r.get("val_contraction_max"), ".4f"),
             f"{fmt(r['contraction_mean'], '.4f')} / {fmt(r['contraction_max'], '.4f')}",
             fmt(r["mean_iterations"], ".1f"),
             fmt(None if r["fraction_converged"] is None else 100 * r["fraction_converged"], ".0f")
@@ -433,7 +440,9 @@ def _table_md(rows: list[dict], header: dict) -> str:
         "Test and val PSNR/SSIM: standard convention (images on [0, 1]), mean over the "
         "images, averaged over seeds; seed spread: std over seeds of the mean test PSNR. "
         "contraction: ‖dT/dx‖₂ at each test image's fixed point by 20 power-iteration "
-        "steps (mean over images and seeds / max over both). converged: share of test "
+        "steps (mean over images and seeds / max over both); val contraction max: the "
+        "same on the validation images (measured by runs from 2026-12-06 on), the one to "
+        "choose by. converged: share of test "
         "solves that reached the solver tolerance. IFT adjoint conv.: share of the "
         "training steps' adjoint solves that reached backward.tol (IFT rows only). "
         f"{COS_NOTE} ms/step: mean training "

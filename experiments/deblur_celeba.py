@@ -240,7 +240,8 @@ def format_table(results: dict) -> str:
         f"forward solver: {results['mean_forward_iterations']:.1f} iterations on average, "
         f"{100 * results['fraction_converged']:.0f}% of test solves converged"
         + (
-            f", contraction ||dT/dx|| mean {c['test_mean']:.4f} max {c['test_max']:.4f}; "
+            f", contraction ||dT/dx|| mean {c['test_mean']:.4f} max {c['test_max']:.4f}"
+            + (f" (val max {c['val_max']:.4f}); " if c.get("val_max") is not None else "; ")
             if (c := results.get("contraction"))
             else "; "
         )

@@ -231,9 +231,11 @@ def train_and_evaluate(
 
     def evaluate(step: int, state) -> tuple[dict, dict, np.ndarray]:
         """Scores val and test, logs them, keeps the best checkpoint."""
-        val, _ = score_model(eval_step, state.params, state.rest, d_val, x_val, eval_bs, dp)
+        val, x_val_hat = score_model(eval_step, state.params, state.rest, d_val, x_val, eval_bs,
+                                     dp)  # fmt: skip
         test, x_hat = score_model(eval_step, state.params, state.rest, d_test, x_test, eval_bs, dp)
-        if contraction is not None:
+        if contraction is not None:  # val's, for choosing settings; test's, for the record
+            val.update(contraction(state.params, state.rest, x_val_hat, d_val))
             test.update(contraction(state.params, state.rest, x_hat, d_test))
         log.write({"step": step, "train_time_s": clock.train_time(),
                    **{f"val/{k}": v for k, v in val.items()},
@@ -302,7 +304,7 @@ def train_and_evaluate(
     if implicit:
         alignment = alignment_from_config(config, graphdef, state, d_test, x_test)
         if alignment is not None:
-            _say(_implicit_lines(test, alignment, adjoint_stats, config))
+            _say(_implicit_lines(val, test, alignment, adjoint_stats, config))
 
     alignment_s = time.perf_counter() - t0
 
@@ -327,7 +329,7 @@ def train_and_evaluate(
         "test": {**baselines, "model": test}, "val": {"model": val}, "model": model_record,
         "mean_forward_iterations": test["mean_iterations"],
         "fraction_converged": test["fraction_converged"],
-        "contraction": _contraction_record(test, config) if implicit else None,
+        "contraction": _contraction_record(val, test, config) if implicit else None,
         "ift_adjoint_converged_during_training": adjoint_stats and adjoint_stats.fraction,
         "ift_adjoint_solves_during_training": adjoint_stats and adjoint_stats.total,
         "gradient_alignment": alignment, "self_ensemble": ensemble, "timing": timing,
@@ -392,10 +394,12 @@ def _progress_line(metrics: dict) -> str:
             f"iters {metrics['iterations']:.1f}")  # fmt: skip
 
 
-def _contraction_record(test: dict, config) -> dict:
+def _contraction_record(val: dict, test: dict, config) -> dict:
     return {
         "test_mean": test["contraction_mean"],
         "test_max": test["contraction_max"],
+        "val_mean": val["contraction_mean"],
+        "val_max": val["contraction_max"],
         "power_iters": int(config.get("contraction", {}).get("eval_iters", 20)),
     }
 
@@ -417,18 +421,20 @@ def _eval_line(step: int, val: dict, test: dict) -> str:
     if "contraction_mean" in test:
         line += (
             f", contraction mean {test['contraction_mean']:.4f} max {test['contraction_max']:.4f}"
+            f" (val max {val['contraction_max']:.4f})"
         )
     return line
 
 
-def _implicit_lines(test: dict, alignment: dict, adjoint_stats, config) -> str:
+def _implicit_lines(val: dict, test: dict, alignment: dict, adjoint_stats, config) -> str:
     lines = [
         f"test: cos(JFB gradient, IFT gradient) {alignment['cos_jfb_ift']:.4f} on "
         f"{alignment['n_images']} images (forward re-solved to {alignment['forward_tol']:g}, "
         f"GMRES({alignment['ift_adjoint_restart']}) adjoint to {alignment['ift_adjoint_tol']:g}: "
         f"{100 * alignment['ift_adjoint_converged']:.0f}% converged)",
         f"test: contraction ||dT/dx|| at the fixed point: mean {test['contraction_mean']:.4f}, "
-        f"max {test['contraction_max']:.4f}",
+        f"max {test['contraction_max']:.4f} (val: mean {val['contraction_mean']:.4f}, max "
+        f"{val['contraction_max']:.4f})",
     ]
     if adjoint_stats is not None:
         lines.append(

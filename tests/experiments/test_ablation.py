@@ -43,11 +43,14 @@ def test_smoke_ablation_end_to_end(tmp_path):
     for r in rows.values():
         assert r["seeds"] == [0] and r["psnr_standard"] > 0 and r["val_psnr_standard"] > 0
         assert 0 < r["contraction_mean"] <= r["contraction_max"]
+        assert 0 < r["val_contraction_max"] < 2
         assert r["ms_per_step"] > 0 and -1 <= r["cos_jfb_ift"] <= 1
     assert table["header"]["tv_psnr_standard"] > 0
     with open(out / "table.md") as f:
         md = f.read()
-    assert "spectral penalty" in md and "contraction mean / max" in md
+    assert (
+        "spectral penalty" in md and "contraction mean / max" in md and "val contraction max" in md
+    )
     with open(out / "runs" / "spectral" / "seed0" / "config.json") as f:
         assert json.load(f)["contraction"]["spectral_weight"] == 1.0
     # A second call reuses the finished runs; --skip_missing tabulates without training.

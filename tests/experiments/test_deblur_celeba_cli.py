@@ -64,6 +64,8 @@ def test_smoke_preset_end_to_end(tmp_path, monkeypatch, capsys):
     c = results["contraction"]
     assert 0 < c["test_mean"] <= c["test_max"] < 2
     assert c["test_max"] == results["test"]["model"]["contraction_max"]
+    assert 0 < c["val_mean"] <= c["val_max"] < 2  # the validation images', to choose by
+    assert c["val_max"] == results["val"]["model"]["contraction_max"]
     a = results["gradient_alignment"]
     assert -1 <= a["cos_jfb_ift"] <= 1 and a["n_images"] == 2 and a["grad_norm_ift"] > 0
     assert 0 <= a["ift_adjoint_converged"] <= 1
@@ -97,7 +99,8 @@ def test_smoke_preset_end_to_end(tmp_path, monkeypatch, capsys):
         records = [json.loads(line) for line in f]
     assert [r["step"] for r in records if "train/loss" in r] == [5, 10, 15, 20]
     assert [r["step"] for r in records if "test/psnr_standard" in r] == [10, 20]
-    assert all("test/contraction_max" in r for r in records if "test/psnr_standard" in r)
+    assert all("test/contraction_max" in r and "val/contraction_max" in r
+               for r in records if "test/psnr_standard" in r)  # fmt: skip
 
     # The summary table names both conventions and where the outputs went.
     for text in (
