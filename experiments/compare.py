@@ -112,6 +112,7 @@ class LearnedRun:
     seed: int
     config: ml_collections.ConfigDict
     init_from: str | None = None  # method whose trained R initialises this one
+    init_scale: float = 1.0  # and the factor its output is scaled by first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +244,10 @@ def learned_runs(base: ml_collections.ConfigDict, settings, wanted=None) -> list
             c.seed = int(seed)
             c.eval_every = int(settings.eval_every)
             apply_overrides(c, [f"{key}={value!r}" for key, value in m.overrides])
-            runs.append(LearnedRun(m.key, int(seed), c, m.init_from))
+            scale = 1.0
+            if m.init_from:  # recorded with the run, so a run with another scale is not reused
+                scale = c.init_scale = float(settings.init_scale)
+            runs.append(LearnedRun(m.key, int(seed), c, m.init_from, scale))
     return runs
 
 
@@ -294,6 +298,8 @@ def _train(run: LearnedRun, workdir: str, out: str, progress: bool) -> dict:
         def init_hook(model):
             pretrained = load_run(source, which="latest").model
             nnx.update(model.regulariser, nnx.state(pretrained.regulariser))
+            if run.init_scale != 1.0:
+                model.regulariser.scale_output(run.init_scale)
 
     _say(f"--- training {run.method} (seed {run.seed}) in {workdir}" + (" [resume]" * resume))
     results = train_and_evaluate(

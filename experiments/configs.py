@@ -379,6 +379,14 @@ def compare_settings(preset: str) -> ml_collections.ConfigDict:
     ``tv_tol``: TV weight grid, iteration cap and relative-change tolerance.
     ``eval_every``: evaluations during training (PSNR-vs-time curves).
     ``timing_repeats``: timed calls per measurement (median reported).
+    ``init_scale``: the pretrained-R run (``jfb_pretrained``) multiplies the
+    feed-forward deblurrer's ``R`` by it before training
+    (:meth:`~jfbjax.models.DnCNN.scale_output`). With a preconditioner
+    ``P <= 1 / mu`` and the step ``eta``, DE-GRAD moves by up to ``eta / mu``
+    times ``R``'s output (36 for the ``cpu`` preset), and the feed-forward ``R``,
+    a whole correction ``A^T d - x``, then diverges at the first step; the
+    default ``mu / eta_init`` makes the first move at most the feed-forward
+    correction (1 without a preconditioner: the paper's transfer).
     """
     s = ml_collections.ConfigDict()
     s.seeds = (0, 1)
@@ -392,6 +400,9 @@ def compare_settings(preset: str) -> ml_collections.ConfigDict:
     s.tv_tol = 1e-5
     s.eval_every = 50
     s.timing_repeats = 5
+    model = get_config(preset).model
+    mu = float(model.precond)
+    s.init_scale = min(1.0, mu / float(model.eta_init)) if mu > 0 else 1.0
     if preset == "smoke":
         s.seeds = (0, 1)
         s.unrolled_k = 4

@@ -307,6 +307,20 @@ class DnCNN(nnx.Module):
         self.spectral_norm = spectral_norm
         self.dtype = dtype
 
+    def scale_output(self, factor: float) -> None:
+        """Multiplies the network's output by ``factor`` (0 < factor <= 1), in place:
+        the last convolution's bias times ``factor``, its kernel replaced by
+        ``factor`` times the kernel it uses (normalised first with
+        ``spectral_norm``, so that the scaled one, of norm at most ``factor <= 1``,
+        is used as it is). E.g. to start DE-GRAD from a pretrained ``R`` that its
+        preconditioned step would magnify."""
+        if not 0 < factor <= 1:
+            raise ValueError(f"the output scale must be in (0, 1], got {factor!r}")
+        last = self.layers[-1]
+        kernel = last.normalised_kernel() if self.spectral_norm else last.kernel[...]
+        last.kernel[...] = factor * kernel
+        last.bias[...] = factor * last.bias[...]
+
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.in_channels
         if x.ndim not in (3, 4) or x.shape[-1] != c:

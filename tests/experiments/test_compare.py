@@ -42,6 +42,10 @@ def test_learned_runs_plan():
         # every learned method has the same budget and optimiser
         assert len({(c.steps, c.batch_size, c.optim.lr) for c in by.values()}) == 1
         assert [r.init_from for r in mine if r.method == "jfb_pretrained"] == ["feedforward"]
+        # the feed-forward R is scaled by mu / eta_init, recorded in the run's config
+        (pre,) = [r for r in mine if r.method == "jfb_pretrained"]
+        assert pre.init_scale == pytest.approx(0.05 / 1.8) == pre.config.init_scale
+        assert all(r.init_scale == 1.0 for r in mine if r.method != "jfb_pretrained")
     # ift_tight: the adjoint budget that converges (adjoint_budget_cpu.md), asked for by name
     (t, _) = [r.config for r in compare.learned_runs(get_config("cpu"), settings, {"ift_tight"})]
     assert (t.backward.name, t.solver.tol, t.backward.max_iter) == ("ift", 1e-5, 150)

@@ -163,6 +163,21 @@ def test_spectral_conv_is_bounded_and_pure():
     np.testing.assert_allclose(conv.normalised_kernel(), small, rtol=1e-6)
 
 
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_dncnn_scale_output_scales_the_network(spectral_norm):
+    net = DnCNN(3, 3, 8, spectral_norm=spectral_norm, rngs=nnx.Rngs(0))
+    last = net.layers[-1]  # a last layer far above norm 1, and a bias
+    last.kernel[...] = 4.0 * jax.random.normal(jax.random.PRNGKey(2), last.kernel.shape)
+    last.bias[...] = jnp.asarray([0.1, -0.2, 0.3])
+    x = _images(2, (8, 8, 3))
+    before = np.asarray(net(x))
+    net.scale_output(0.25)
+    np.testing.assert_allclose(net(x), 0.25 * before, rtol=1e-4, atol=1e-6)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="output scale"):
+            net.scale_output(bad)
+
+
 def test_freeze_spectral_norm_same_function_and_gradient():
     r = DnCNN(3, 3, 8, spectral_norm=True, rngs=nnx.Rngs(0))
     for layer in r.layers:
