@@ -51,8 +51,12 @@ def _with_eta(model, eta: float):
     return other
 
 
-def measure(run, split: str, n: int, etas, tol: float, max_iter: int, iters: int) -> dict:
-    """Fixed points of ``n`` images of ``split`` and ``||dT/dx||_2`` there for each eta."""
+def measure(
+    run, split: str, n: int, etas, tol: float, max_iter: int, iters: int, radius_iters: int = 0
+) -> dict:
+    """Fixed points of ``n`` images of ``split`` and ``||dT/dx||_2`` there for each eta;
+    with ``radius_iters > 0`` also the spectral radius of ``dT/dx`` at the trained eta
+    (:func:`jfbjax.spectral_radius_estimate`)."""
     data = load_data_from_config(run.config)
     d_val, d_test = evaluation_images(run.config, data, run.blur)
     d = jnp.asarray((d_val if split == "val" else d_test)[:n])
@@ -67,7 +71,18 @@ def measure(run, split: str, n: int, etas, tol: float, max_iter: int, iters: int
         c = jax.jit(lambda x, d, step=step: contraction_factors(step, x, d, iters))(x_star, d)
         c = np.asarray(c)
         rows.append({"eta": eta, "trained": eta == trained, "mean": float(c.mean()),
-                     "max": float(c.max())})  # fmt: skip
+                     "max": float(c.max()), "per_image": c.tolist()})  # fmt: skip
+    radius = None
+    if radius_iters > 0:
+        step = model.step
+        keys = jax.random.split(jax.random.PRNGKey(1), len(d))
+        one = lambda x, di, k: jfbjax.spectral_radius_estimate(
+            step, x, di, iters=radius_iters, key=k
+        )
+        r = np.asarray(jax.jit(jax.vmap(one))(x_star, d, keys))
+        norm = next(row for row in rows if row["trained"])
+        radius = {"iters": radius_iters, "mean": float(r.mean()), "max": float(r.max()),
+                  "at_worst_norm": float(r[int(np.argmax(norm["per_image"]))])}  # fmt: skip
     small, large = rows[0], rows[-1]
     s_min = (1.0 - small["max"]) / small["eta"]  # the least-contracted direction at small eta
     s_max = (large["max"] + 1.0) / large["eta"]  # the most over-stepped one at large eta
@@ -79,6 +94,7 @@ def measure(run, split: str, n: int, etas, tol: float, max_iter: int, iters: int
     return {
         "rows": rows,
         "fit": bound,
+        "radius": radius,
         "n": len(d),
         "fwd_iterations": float(np.mean(info.iterations)),
         "fwd_converged": float(np.mean(np.asarray(info.status) == int(jfbjax.CONVERGED))),
@@ -120,6 +136,16 @@ def to_markdown(result: dict) -> str:
             f"{fit['best_eta']:.3f} and no eta contracts better than about "
             f"{fit['best_factor']:.4f} at the worst image (symmetric approximation)."
         )
+    radius = result.get("radius")
+    if radius is not None:
+        lines += [
+            "",
+            f"Spectral radius of dT/dx at the trained eta ({radius['iters']} power steps on "
+            f"J itself, `jfbjax.spectral_radius_estimate`): mean {radius['mean']:.4f}, max "
+            f"{radius['max']:.4f}; {radius['at_worst_norm']:.4f} at the image with the "
+            "largest ‖dT/dx‖₂. The radius is the local linear rate of the iteration; it is "
+            "at most the norm.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -133,13 +159,17 @@ def run(argv=None) -> dict:
     p.add_argument("--tol", type=float, default=1e-5, help="forward tolerance")
     p.add_argument("--max_iter", type=int, default=300)
     p.add_argument("--iters", type=int, default=40, help="power-iteration steps")
+    p.add_argument("--radius_iters", type=int, default=0,
+                   help="also the spectral radius at the trained eta by this many power "
+                   "steps on dT/dx (0: not measured)")  # fmt: skip
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     if args.n < 1 or min(args.etas) <= 0:
         p.error("--n must be >= 1 and every --etas value > 0")
     start = time.perf_counter()
     trained = load_run(args.run, which="latest")
-    result = measure(trained, args.split, args.n, args.etas, args.tol, args.max_iter, args.iters)
+    result = measure(trained, args.split, args.n, args.etas, args.tol, args.max_iter, args.iters,
+                     args.radius_iters)  # fmt: skip
     result["meta"] = run_meta(
         "benchmarks.contraction_vs_eta", argv, start, run=args.run, split=args.split,
         tol=args.tol, iters=args.iters,

@@ -326,6 +326,13 @@ LEVERS: tuple[Lever, ...] = (
         group="combination",
     ),
     Lever(
+        "tv_e02_lagged05_spec10_t95",
+        "the lagged-preconditioner map, spectral penalty 1.0 max(‖J‖₂ - 0.95, 0)², 10 "
+        "power iterations",
+        (*_LAGGED05, *_SPECTRAL, "contraction.target=0.95", "contraction.power_iters=10"),
+        group="combination",
+    ),
+    Lever(
         "tv_e02_lagged05_s300",
         "the lagged-preconditioner map, 300 training steps instead of 250",
         (*_LAGGED05, "steps=300"),

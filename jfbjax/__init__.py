@@ -21,7 +21,12 @@ from jfbjax.backward import (
     backward_info,
     backward_probe,
 )
-from jfbjax.diagnostics import contraction_estimate, gradient_alignment, residual_trace
+from jfbjax.diagnostics import (
+    contraction_estimate,
+    gradient_alignment,
+    residual_trace,
+    spectral_radius_estimate,
+)
 from jfbjax.fixed_point import FixedPointError, SolveRoutes, fixed_point
 from jfbjax.solvers import (
     CONVERGED,
@@ -69,5 +74,6 @@ __all__ = [
     "fixed_point",
     "gradient_alignment",
     "residual_trace",
+    "spectral_radius_estimate",
     "status_name",
 ]

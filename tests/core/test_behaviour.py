@@ -384,3 +384,20 @@ def test_contraction_estimate_of_linear_map(x64):
     w = jnp.diag(jnp.array([0.2, -0.7, 0.5]))
     est = jfbjax.contraction_estimate(lambda z, w: w @ z, jnp.ones(3), w, iters=50)
     np.testing.assert_allclose(est, 0.7, rtol=1e-6)
+
+
+def test_spectral_radius_estimate_of_non_normal_and_signed_maps(x64):
+    """A non-normal map whose norm is far above its spectral radius (0.9), a
+    dominant +-0.8 pair, and a pytree input (two leaves, one block each)."""
+    non_normal = jnp.array([[0.5, 10.0, 0.0], [0.0, -0.9, 1.0], [0.0, 0.0, 0.3]])
+    linear = lambda z, w: w @ z
+    rho = jfbjax.spectral_radius_estimate(linear, jnp.ones(3), non_normal, iters=300)
+    np.testing.assert_allclose(rho, 0.9, rtol=1e-6)
+    assert jfbjax.contraction_estimate(linear, jnp.ones(3), non_normal, iters=50) > 10
+    pair = jnp.diag(jnp.array([0.8, -0.8, 0.1]))
+    np.testing.assert_allclose(
+        jfbjax.spectral_radius_estimate(linear, jnp.ones(3), pair, iters=50), 0.8, rtol=1e-6
+    )
+    tree = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    f = lambda z: {"a": non_normal @ z["a"], "b": jnp.array([[0.2, 0.0], [0.0, 0.95]]) @ z["b"]}
+    np.testing.assert_allclose(jfbjax.spectral_radius_estimate(f, tree, iters=400), 0.95, rtol=1e-6)
