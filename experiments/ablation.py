@@ -333,6 +333,12 @@ LEVERS: tuple[Lever, ...] = (
         group="combination",
     ),
     Lever(
+        "tv_e02_lagged05_eq2",
+        "the lagged-preconditioner map, R averaged with its half turn",
+        (*_LAGGED05, "model.equivariance=2"),
+        group="combination",
+    ),
+    Lever(
         "tv_e02_lagged05_s300",
         "the lagged-preconditioner map, 300 training steps instead of 250",
         (*_LAGGED05, "steps=300"),
