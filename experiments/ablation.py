@@ -375,14 +375,8 @@ def _row(lever: Lever, per_seed: list[dict]) -> dict:
     row.update({k: mean(k) for k in keys})
     row["seeds"] = [r["seed"] for r in per_seed]
     row["psnr_standard_seed_std"] = float(np.std(psnrs, ddof=1)) if len(psnrs) > 1 else None
-    row["contraction_max"] = max(
-        (r["contraction_max"] for r in per_seed if r.get("contraction_max") is not None),
-        default=None,
-    )
-    row["val_contraction_max"] = max(
-        (r["val_contraction_max"] for r in per_seed if r.get("val_contraction_max") is not None),
-        default=None,
-    )
+    for key in ("contraction_max", "val_contraction_max"):  # the worst seed's, not the mean
+        row[key] = max((r[key] for r in per_seed if r.get(key) is not None), default=None)
     row["per_seed"] = per_seed
     return row
 

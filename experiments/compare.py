@@ -112,7 +112,11 @@ class LearnedRun:
     seed: int
     config: ml_collections.ConfigDict
     init_from: str | None = None  # method whose trained R initialises this one
-    init_scale: float = 1.0  # and the factor its output is scaled by first
+
+    @property
+    def init_scale(self) -> float:
+        """The factor the initialising R's output is scaled by first (in the config)."""
+        return float(self.config.get("init_scale", 1.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,11 +248,19 @@ def learned_runs(base: ml_collections.ConfigDict, settings, wanted=None) -> list
             c.seed = int(seed)
             c.eval_every = int(settings.eval_every)
             apply_overrides(c, [f"{key}={value!r}" for key, value in m.overrides])
-            scale = 1.0
             if m.init_from:  # recorded with the run, so a run with another scale is not reused
-                scale = c.init_scale = float(settings.init_scale)
-            runs.append(LearnedRun(m.key, int(seed), c, m.init_from, scale))
+                c.init_scale = _init_scale(settings, c.model)
+            runs.append(LearnedRun(m.key, int(seed), c, m.init_from))
     return runs
+
+
+def _init_scale(settings, model: ml_collections.ConfigDict) -> float:
+    """``settings.init_scale`` when set (> 0); otherwise ``mu / eta_init`` of the run's
+    own model (at most 1; 1 without a preconditioner), see :func:`compare_settings`."""
+    if float(settings.init_scale) > 0:
+        return float(settings.init_scale)
+    mu = float(model.precond)
+    return min(1.0, mu / float(model.eta_init)) if mu > 0 else 1.0
 
 
 class RunMismatchError(ValueError):

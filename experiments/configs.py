@@ -384,8 +384,9 @@ def compare_settings(preset: str) -> ml_collections.ConfigDict:
     (:meth:`~jfbjax.models.DnCNN.scale_output`). With a preconditioner
     ``P <= 1 / mu`` and the step ``eta``, DE-GRAD moves by up to ``eta / mu``
     times ``R``'s output (36 for the ``cpu`` preset), and the feed-forward ``R``,
-    a whole correction ``A^T d - x``, then diverges at the first step; the
-    default ``mu / eta_init`` makes the first move at most the feed-forward
+    a whole correction ``A^T d - x``, then diverges at the first step. 0 (the
+    default): ``mu / eta_init`` of the run's own model config (``--set``
+    overrides included), which makes the first move at most the feed-forward
     correction (1 without a preconditioner: the paper's transfer).
     """
     s = ml_collections.ConfigDict()
@@ -400,9 +401,7 @@ def compare_settings(preset: str) -> ml_collections.ConfigDict:
     s.tv_tol = 1e-5
     s.eval_every = 50
     s.timing_repeats = 5
-    model = get_config(preset).model
-    mu = float(model.precond)
-    s.init_scale = min(1.0, mu / float(model.eta_init)) if mu > 0 else 1.0
+    s.init_scale = 0.0
     if preset == "smoke":
         s.seeds = (0, 1)
         s.unrolled_k = 4

@@ -352,7 +352,7 @@ class DEGRAD(nnx.Module):
                 "inject=True: the regulariser reads the measurement d, of the iterate's shape "
                 f"{x.shape}; got {None if d is None else d.shape}"
             )
-        return symmetrize(self._regularise_once, x, self.equivariance, d.astype(x.dtype))
+        return symmetrize(self._regularise_once, x, self.equivariance, d)
 
     def _lagged_interval(self) -> tuple[float, float]:
         """The spectrum of ``(A^T A + mu I)^{-1} (A^T A + mu I + w L_x)`` lies in it."""
