@@ -71,6 +71,7 @@ BASELINE: tuple[str, ...] = (
     "optim.loss=mse",
     "self_ensemble=false",
     "solver.tol=1e-3",
+    "solver.train_max_iter=0",
     "contraction.jac_weight=0.0",
     "contraction.spectral_weight=0.0",
     "data.builtin_set=scenes",
@@ -342,6 +343,19 @@ LEVERS: tuple[Lever, ...] = (
         "tv_e02_lagged05_s300",
         "the lagged-preconditioner map, 300 training steps instead of 250",
         (*_LAGGED05, "steps=300"),
+        group="combination",
+    ),
+    Lever(
+        "tv_e02_lagged05_charb",
+        "the lagged-preconditioner map, Charbonnier loss (smoothed L1, eps 2e-3) instead of "
+        "the MSE",
+        (*_LAGGED05, "optim.loss=charbonnier"),
+        group="combination",
+    ),
+    Lever(
+        "tv_e02_lagged05_tmi30",
+        "the lagged-preconditioner map, training solves capped at 30 iterations (evaluation at 50)",
+        (*_LAGGED05, "solver.train_max_iter=30"),
         group="combination",
     ),
 )

@@ -66,15 +66,20 @@ cos(JFB, IFT) report, :func:`jfbjax.training.contraction.gradient_alignment_repo
 0 images skips it).
 ``solver``: forward fixed-point solver: ``name`` (anderson|picard), ``m``
 (Anderson memory), ``beta`` (mixing / damping), ``ridge`` (Anderson
-regularisation), ``tol`` (relative residual), ``max_iter``.
+regularisation), ``tol`` (relative residual), ``max_iter``,
+``train_max_iter`` (the cap in training steps only; 0: ``max_iter``. A batch's
+solves run in one vmapped loop until its slowest sample stops, so a few
+training crops that converge slowly set the cost of every step they are in;
+evaluation always uses ``max_iter``).
 ``backward``: ``name`` (jfb|ift|neumann|unrolled), ``k`` (Neumann terms),
 ``tol`` / ``max_iter`` / ``adjoint_solver`` (IFT's adjoint solve).
 ``optim``: ``lr`` (peak), ``schedule`` (cosine|constant), ``warmup`` (linear
 warm-up steps), ``grad_clip`` (global norm; 0 disables), ``weight_decay``
-(decoupled, AdamW; 0 gives plain Adam), ``loss`` (mse | psnr: the mean
-squared error, or the same with each image weighted by the inverse of its
-own MSE, whose gradient is that of the mean per-image PSNR,
-``jfbjax.training.steps.psnr_weighted_mse``).
+(decoupled, AdamW; 0 gives plain Adam), ``loss`` (mse | psnr | charbonnier:
+the mean squared error; the same with each image weighted by the inverse of
+its own MSE, whose gradient is that of the mean per-image PSNR,
+``jfbjax.training.steps.psnr_weighted_mse``; or the Charbonnier smoothed L1,
+``jfbjax.training.steps.charbonnier_loss``).
 ``steps``, ``batch_size`` (global, divisible by the device count), ``seed``,
 ``log_every`` (steps between ``metrics.jsonl`` records), ``eval_every``
 (steps between validation/test evaluations), ``checkpoint_every`` (steps
@@ -171,6 +176,7 @@ def _base() -> ml_collections.ConfigDict:
     c.solver.ridge = 1e-4
     c.solver.tol = 1e-3
     c.solver.max_iter = 50
+    c.solver.train_max_iter = 0
 
     c.backward = ml_collections.ConfigDict()
     c.backward.name = "jfb"

@@ -35,7 +35,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from jfbjax.backward import IFT
-from jfbjax.builders import blur_from_config, build_model
+from jfbjax.builders import blur_from_config, build_model, solver_from_config
 from jfbjax.data import load_data_from_config
 from jfbjax.models import DEGRAD
 from jfbjax.training.checkpoints import BEST_METRIC, Checkpoints
@@ -109,6 +109,11 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.noise_std must be >= 0, got {config.noise_std}")
     if int(config.seed) < 0:
         raise ValueError(f"config.seed must be >= 0, got {config.seed}")
+    if int(config.solver.get("train_max_iter", 0)) < 0:
+        raise ValueError(
+            f"config.solver.train_max_iter must be >= 0 (0: max_iter), got "
+            f"{config.solver.train_max_iter}"
+        )
     m = config.model
     if bool(m.get("inject", False)) and int(m.get("pretrain_steps", 0)) > 0:
         raise ValueError(
@@ -222,8 +227,9 @@ def train_and_evaluate(
     clock = StepClock(before=log.train_time_before())  # a resumed run's clock continues
     penalty = penalty_from_config(config) if implicit else None
     schedule = make_schedule(config.optim, steps)
-    train_step = make_train_step(graphdef, tx, blur, float(config.noise_std), dp, schedule,
-                                 penalty, loss=str(config.optim.get("loss", "mse")))  # fmt: skip
+    loss = str(config.optim.get("loss", "mse"))
+    train_step = make_train_step(setup.train_graphdef, tx, blur, float(config.noise_std), dp,
+                                 schedule, penalty, loss=loss)  # fmt: skip
     eval_step = make_eval_step(graphdef, dp)
     eval_bs = int(config.eval_batch_size)
     contraction = make_contraction_eval(graphdef, config, eval_bs) if implicit else None
@@ -344,6 +350,7 @@ class _Setup:
     """The state a run starts from (:func:`_initial_state`)."""
 
     graphdef: nnx.GraphDef
+    train_graphdef: nnx.GraphDef  # the same model, solving with solver.train_max_iter
     state: TrainState  # replicated over the devices
     tx: optax.GradientTransformation
     start: int  # updates already done (a resumed run's checkpoint step)
@@ -366,6 +373,7 @@ def _initial_state(config, blur, data, dp, ckpts, resume, init_hook) -> _Setup:
         model.backward_callback = adjoint_stats
     tx = make_optimizer(config.optim, int(config.steps))
     graphdef, state = create_train_state(model, tx, run_keys(config)[0])
+    train_graphdef = _train_graphdef(config, model) if implicit else graphdef
     num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
     state = dp.replicate(state)
     start = 0
@@ -376,7 +384,20 @@ def _initial_state(config, blur, data, dp, ckpts, resume, init_hook) -> _Setup:
     _say(f"model: {model_label(config)}, DnCNN {config.model.depth}x{config.model.features}, "
          f"{num_params:,} parameters; solver {config.solver.name}, backward "
          f"{config.backward.name}; devices: {dp.describe()}")  # fmt: skip
-    return _Setup(graphdef, state, tx, start, num_params, implicit, adjoint_stats, pretrain)
+    return _Setup(graphdef, train_graphdef, state, tx, start, num_params, implicit,
+                  adjoint_stats, pretrain)  # fmt: skip
+
+
+def _train_graphdef(config, model: DEGRAD) -> nnx.GraphDef:
+    """The graph of ``model`` whose forward solve stops after ``solver.train_max_iter``
+    iterations (0: after ``solver.max_iter``, the model's own graph). The parameters
+    are the same variables, so one train state serves both graphs."""
+    cap = int(config.solver.get("train_max_iter", 0))
+    if cap == 0:
+        return nnx.split(model, nnx.Param, ...)[0]
+    section = ml_collections.ConfigDict(config.solver.to_dict())
+    section.max_iter = cap
+    return nnx.split(model.with_solver(solver_from_config(section)), nnx.Param, ...)[0]
 
 
 def _baseline_lines(baselines: dict) -> str:

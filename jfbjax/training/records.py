@@ -94,6 +94,7 @@ ADDED_FIELDS: dict[str, object] = {
     "model.tv_equivariance": 1,
     "model.inject": False,
     "model.precond_tv": False,
+    "solver.train_max_iter": 0,
 }
 
 

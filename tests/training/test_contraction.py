@@ -146,7 +146,8 @@ def test_pretrain_denoiser_learns_to_denoise():
 
 def test_training_reports_ift_adjoint_convergence_and_penalties(tiny_run):
     """An IFT run records the share of its training adjoints that converged; a
-    penalised run logs its penalty; DE-Prox with pretraining trains end to end."""
+    penalised run logs its penalty; DE-Prox with pretraining trains end to end, its
+    training solves capped by solver.train_max_iter and its evaluation's not."""
     _, ift = tiny_run("backward.name=ift", "backward.max_iter=3", steps=2)
     assert ift["ift_adjoint_solves_during_training"] == 2 * 4  # 2 steps of batch 4
     # 3 adjoint iterations cannot reach tol 1e-4 on this map (contraction ~0.998)
@@ -158,6 +159,7 @@ def test_training_reports_ift_adjoint_convergence_and_penalties(tiny_run):
         "model.pretrain_steps=3",
         "model.start=cg",
         "model.start_iters=5",
+        "solver.train_max_iter=2",
         steps=2,
     )
     assert pen["model"]["name"] == "DE-Prox+JFB" and pen["model"]["pretraining"]["steps"] == 3
@@ -169,6 +171,8 @@ def test_training_reports_ift_adjoint_convergence_and_penalties(tiny_run):
         r["train/penalty"] >= 0 and r["train/spectral"] > 0 and r["train/jacobian_fro2"] > 0
         for r in train
     )
+    assert max(r["train/max_iterations"] for r in train) == 2
+    assert pen["mean_forward_iterations"] > 2  # the test solves run to solver.max_iter (15)
 
 
 def test_gradient_alignment_report_matches_dense_jfb_and_ift_gradients(x64):

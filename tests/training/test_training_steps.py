@@ -27,7 +27,7 @@ from jfbjax.training import (
     mse_loss,
     predict,
 )
-from jfbjax.training.steps import psnr_weighted_mse
+from jfbjax.training.steps import _OBJECTIVES, LOSSES, charbonnier_loss, psnr_weighted_mse
 
 
 class _Rig:
@@ -133,6 +133,26 @@ def test_psnr_weighted_mse_is_the_mse_with_the_gradient_of_the_mean_psnr():
         np.testing.assert_allclose(
             jax.grad(psnr_weighted_mse)(same, x64), jax.grad(mse_loss)(same, x64), rtol=1e-12
         )
+
+
+def test_charbonnier_loss_is_a_smoothed_l1(x64):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.uniform(-1, 1, (2, 4, 4, 3)))
+    r = jnp.asarray(rng.normal(size=x.shape)) * 0.1
+    eps = 2e-3
+    expected = np.mean(np.sqrt(np.asarray(r) ** 2 + eps**2) - eps)
+    assert float(charbonnier_loss(x + r, x)) == pytest.approx(expected, rel=1e-12)
+    assert float(charbonnier_loss(x, x)) == 0.0
+    # the per-pixel gradient is r / sqrt(r^2 + eps^2): bounded by 1 / n, sign(r) / n for |r| >> eps
+    g = np.asarray(jax.grad(charbonnier_loss)(x + r, x)) * r.size
+    np.testing.assert_allclose(g, np.asarray(r) / np.sqrt(np.asarray(r) ** 2 + eps**2), rtol=1e-12)
+    assert np.all(np.abs(g) < 1)
+    big = np.abs(np.asarray(r)) > 100 * eps
+    np.testing.assert_allclose(g[big], np.sign(np.asarray(r))[big], atol=1e-3)
+    # quadratic, r^2 / (2 eps), for |r| << eps
+    tiny = x + 1e-6
+    assert float(charbonnier_loss(tiny, x)) == pytest.approx(1e-12 / (2 * eps), rel=1e-5)
+    assert set(_OBJECTIVES) == set(LOSSES)
 
 
 def test_train_step_minimises_the_configured_loss(rig):
