@@ -358,6 +358,12 @@ LEVERS: tuple[Lever, ...] = (
         (*_LAGGED05, "solver.train_max_iter=30"),
         group="combination",
     ),
+    Lever(
+        "tv_e02_lagged05_tmi20",
+        "the lagged-preconditioner map, training solves capped at 20 iterations (evaluation at 50)",
+        (*_LAGGED05, "solver.train_max_iter=20"),
+        group="combination",
+    ),
 )
 
 

@@ -58,7 +58,8 @@ the measurement ``d``, stacked with the iterate: ``R(x, d)``, DE-GRAD / DE-Prox)
 ``||J||_F^2 / n``), ``spectral_weight`` and ``target`` (``max(||J||_2 -
 target, 0)^2`` by ``power_iters`` power steps), ``samples`` (images of each
 batch they use), ``eval_iters`` (power steps of the contraction factor
-reported at every evaluation), ``align_images``, ``align_cycles``,
+reported at every evaluation on the test images, and at the final one on
+the validation images), ``align_images``, ``align_cycles``,
 ``align_restart``, ``align_tol`` and ``align_forward_tol`` (test images,
 GMRES restart cycles, Krylov vectors per cycle and tolerance of the IFT
 adjoint, and the tolerance the forward solve is redone to, of the final
