@@ -273,6 +273,11 @@ def _cpu() -> ml_collections.ConfigDict:
     c.model.precond_tv = True
     c.model.start = "cg"
     c.solver.max_iter = 50
+    # Training solves stop after 30 iterations (row tv_e02_lagged05_tmi30): the
+    # batch's solve runs until its slowest crop stops, and ~1.5% of training crops
+    # took up to the 50 cap, setting the cost of most steps. Val PSNR unchanged
+    # (34.94 against 34.93), 13% less time per step; evaluation still solves to 50.
+    c.solver.train_max_iter = 30
     c.optim.lr = 1e-3
     c.optim.schedule = "cosine"
     c.optim.warmup = 20
@@ -280,7 +285,9 @@ def _cpu() -> ml_collections.ConfigDict:
     c.batch_size = 16
     c.eval_batch_size = 40
     c.log_every = 10
-    c.eval_every = 100
+    # One evaluation during training (each scores val and test and measures the
+    # test images' contraction, ~35 s here) besides the final one.
+    c.eval_every = 125
     c.checkpoint_every = 50
     # Also score the model averaged over the 8 flips/rotations of its input.
     c.self_ensemble = True

@@ -168,11 +168,14 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-#: Config fields that only set how a finished model is reported (the final
-#: cos(JFB, IFT) measurement, the self-ensemble's scores), not what is trained:
-#: :func:`training_diff` ignores them, so a run recorded before one was added or
-#: changed is still reused.
+#: Config fields that only set how a model is reported (the final cos(JFB, IFT)
+#: measurement, the self-ensemble's scores, when the model is scored during
+#: training), not what is trained: :func:`training_diff` ignores them, so a run
+#: recorded before one was added or changed is still reused. (``eval_every`` also
+#: picks the candidates of the "best" checkpoint; results.json reports the final
+#: state, whatever it is.)
 REPORT_FIELDS: tuple[str, ...] = (
+    "eval_every",
     "contraction.align_images",
     "contraction.align_cycles",
     "contraction.align_restart",

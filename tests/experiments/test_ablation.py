@@ -31,6 +31,12 @@ def test_the_cpu_default_is_the_ablation_row_it_names():
     # the same training; the ablation leaves out the report-only self-ensemble
     assert training_diff(chosen, get_config("cpu").to_dict()) == []
     assert config_diff(chosen, get_config("cpu").to_dict()) == ["self_ensemble: False -> True"]
+    # a run scored on another schedule trained the same model (reused, not retrained) ...
+    rescheduled = {**chosen, "eval_every": chosen["eval_every"] + 1}
+    assert config_diff(chosen, rescheduled) and training_diff(chosen, rescheduled) == []
+    # ... a run with another training cap did not
+    capped = {**chosen, "solver": {**chosen["solver"], "train_max_iter": 7}}
+    assert training_diff(chosen, capped) == ["solver.train_max_iter: 30 -> 7"]
 
 
 def test_smoke_ablation_end_to_end(tmp_path):
