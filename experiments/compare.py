@@ -289,9 +289,9 @@ def _train(run: LearnedRun, workdir: str, out: str, progress: bool) -> dict:
     wanted = config_json(run.config.copy_and_resolve_references())
     resume = False
     if os.path.exists(config_path):
-        if training_diff(read_config_record(config_path), wanted):
+        if diff := training_diff(read_config_record(config_path), wanted):
             raise RunMismatchError(
-                f"{workdir} holds a run with a different configuration; "
+                f"{workdir} holds a run with a different configuration ({'; '.join(diff)}); "
                 f"rerun with --fresh to retrain everything in {out}, or choose another --out"
             )
         if _complete(workdir):

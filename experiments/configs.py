@@ -68,7 +68,8 @@ cos(JFB, IFT) report, :func:`jfbjax.training.contraction.gradient_alignment_repo
 ``solver``: forward fixed-point solver: ``name`` (anderson|picard), ``m``
 (Anderson memory), ``beta`` (mixing / damping), ``ridge`` (Anderson
 regularisation), ``tol`` (relative residual), ``max_iter``,
-``train_max_iter`` (the cap in training steps only; 0: ``max_iter``. A batch's
+``train_max_iter`` (the cap in training steps only, never above ``max_iter``;
+0: ``max_iter``. A batch's
 solves run in one vmapped loop until its slowest sample stops, so a few
 training crops that converge slowly set the cost of every step they are in;
 evaluation always uses ``max_iter``).

@@ -393,10 +393,11 @@ def _initial_state(config, blur, data, dp, ckpts, resume, init_hook) -> _Setup:
 
 def _train_graphdef(config, model: DEGRAD) -> nnx.GraphDef:
     """The graph of ``model`` whose forward solve stops after ``solver.train_max_iter``
-    iterations (0: after ``solver.max_iter``, the model's own graph). The parameters
+    iterations (0, or a cap at or above ``solver.max_iter``: the model's own graph;
+    the cap never raises the count, e.g. an unrolled model's K). The parameters
     are the same variables, so one train state serves both graphs."""
     cap = int(config.solver.get("train_max_iter", 0))
-    if cap == 0:
+    if cap == 0 or cap >= int(config.solver.max_iter):
         return nnx.split(model, nnx.Param, ...)[0]
     section = ml_collections.ConfigDict(config.solver.to_dict())
     section.max_iter = cap

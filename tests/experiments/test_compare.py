@@ -148,7 +148,9 @@ def test_rerun_reuses_runs_and_refuses_a_changed_config(smoke):
     table = compare.run([*argv, "--methods", "jfb", "tikhonov"])
     assert [r["method"] for r in table["rows"]] == ["tikhonov", "jfb"]
     assert os.path.getmtime(results) == before  # not retrained
-    with pytest.raises(compare.RunMismatchError, match="different configuration"):
+    with pytest.raises(
+        compare.RunMismatchError, match=r"different configuration \(optim.lr: 0.001 -> 0.5\)"
+    ):
         compare.run([*argv, "--methods", "jfb", "--set", "optim.lr=0.5"])
 
 

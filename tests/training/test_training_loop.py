@@ -143,3 +143,25 @@ def test_absurd_learning_rate_is_caught_not_saved(tmp_path):
     with pytest.raises(NonFiniteLossError, match="non-finite training loss at step"):
         train_and_evaluate(config, tmp_path, progress=False)
     assert not os.path.exists(tmp_path / "results.json")
+
+
+def test_the_training_cap_only_ever_lowers_the_solver_iterations():
+    from flax import nnx
+
+    from jfbjax.builders import blur_from_config, build_model
+    from jfbjax.training.loop import _train_graphdef
+
+    config = _config()
+    model = build_model(config, blur_from_config(config), nnx.Rngs(0))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    assert config.solver.max_iter == 15
+    for cap, expected in ((0, 15), (5, 5), (15, 15), (30, 15)):  # 30: an unrolled K stays K
+        config.solver.train_max_iter = cap
+        train_graphdef = _train_graphdef(config, model)
+        trained = nnx.merge(train_graphdef, params, rest)
+        assert trained.solver.max_iter == expected, cap
+        assert trained.solver.tol == model.solver.tol  # the rest of the solver is the model's
+    assert model.solver.max_iter == 15  # the evaluation graph keeps max_iter
+    config.solver.train_max_iter = -1
+    with pytest.raises(ValueError, match="train_max_iter must be >= 0"):
+        train_and_evaluate(config, "/nonexistent/never-written", progress=False)
