@@ -364,6 +364,12 @@ LEVERS: tuple[Lever, ...] = (
         (*_LAGGED05, "solver.train_max_iter=20"),
         group="combination",
     ),
+    Lever(
+        "tv_e02_lagged05_tmi30_lr15",
+        "the default (training solves capped at 30), learning rate 1.5e-3 (peak, cosine)",
+        (*_LAGGED05, "solver.train_max_iter=30", "optim.lr=1.5e-3"),
+        group="combination",
+    ),
 )
 
 
