@@ -370,6 +370,12 @@ LEVERS: tuple[Lever, ...] = (
         (*_LAGGED05, "solver.train_max_iter=30", "optim.lr=1.5e-3"),
         group="combination",
     ),
+    Lever(
+        "tv_e02_lagged05_tmi30_lr07",
+        "the default (training solves capped at 30), learning rate 7e-4 (peak, cosine)",
+        (*_LAGGED05, "solver.train_max_iter=30", "optim.lr=7e-4"),
+        group="combination",
+    ),
 )
 
 
