@@ -74,6 +74,7 @@ from jfbjax.training import (
     predict,
     score,
     train_and_evaluate,
+    train_graphdef,
 )
 from jfbjax.training.checkpoints import has_checkpoint
 from jfbjax.training.classical import classical_methods, evaluate_classical, input_baselines
@@ -339,8 +340,10 @@ def _measure_learned(run: Run, x_train: np.ndarray, eval_batch: int, repeats: in
     steps = int(config.steps)
     tx = make_optimizer(config.optim, steps)
     graphdef, state = create_train_state(run.model, tx, jax.random.PRNGKey(int(config.seed)))
+    # the step as trained (solver.train_max_iter); inference below solves as evaluated
+    train_gd = train_graphdef(config, run.model)
     train_step = make_train_step(
-        graphdef, tx, run.blur, run.noise_std, dp, make_schedule(config.optim, steps)
+        train_gd, tx, run.blur, run.noise_std, dp, make_schedule(config.optim, steps)
     )
     clean = dp.shard_batch(x_train)
     compiled = train_step.lower(state, clean).compile()
@@ -353,10 +356,11 @@ def _measure_learned(run: Run, x_train: np.ndarray, eval_batch: int, repeats: in
 
     step_t = time_call(one_step, repeats=repeats)
     eval_step = make_eval_step(graphdef, dp)
+    train_forward = eval_step if train_gd == graphdef else make_eval_step(train_gd, dp)
     key = jax.random.fold_in(state.key, state.step)  # the noise the train step draws
     d = dp.shard_batch(np.asarray(degrade(key, jnp.asarray(x_train), run.blur, run.noise_std)))
     params, rest = state.params, state.rest
-    fwd_t = time_call(eval_step, params, rest, d, repeats=repeats)
+    fwd_t = time_call(train_forward, params, rest, d, repeats=repeats)
     n = len(x_train)
     d_eval = dp.shard_batch(np.resize(np.asarray(d), (eval_batch, *d.shape[1:])))
     infer_t = time_call(eval_step, params, rest, d_eval, repeats=repeats)

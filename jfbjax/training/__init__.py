@@ -6,7 +6,12 @@ core ``jfbjax`` package does not import this one (it needs Flax, Optax, Orbax).
 
 from jfbjax.training.checkpoints import BEST_METRIC, Checkpoints
 from jfbjax.training.evaluation import predict, score, score_model
-from jfbjax.training.loop import NonFiniteLossError, ResultsExistError, train_and_evaluate
+from jfbjax.training.loop import (
+    NonFiniteLossError,
+    ResultsExistError,
+    train_and_evaluate,
+    train_graphdef,
+)
 from jfbjax.training.parallel import DataParallel
 from jfbjax.training.restore import Run, blur_from_config, load_run
 from jfbjax.training.steps import CountingJit, batch_psnr, make_eval_step, make_train_step, mse_loss
@@ -41,4 +46,5 @@ __all__ = [
     "score",
     "score_model",
     "train_and_evaluate",
+    "train_graphdef",
 ]

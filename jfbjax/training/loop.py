@@ -67,7 +67,7 @@ from jfbjax.training.train_state import (
     make_schedule,
 )
 
-__all__ = ["NonFiniteLossError", "ResultsExistError", "train_and_evaluate"]
+__all__ = ["NonFiniteLossError", "ResultsExistError", "train_and_evaluate", "train_graphdef"]
 
 BatchHook = Callable[[int, np.ndarray], np.ndarray]
 
@@ -376,7 +376,7 @@ def _initial_state(config, blur, data, dp, ckpts, resume, init_hook) -> _Setup:
         model.backward_callback = adjoint_stats
     tx = make_optimizer(config.optim, int(config.steps))
     graphdef, state = create_train_state(model, tx, run_keys(config)[0])
-    train_graphdef = _train_graphdef(config, model) if implicit else graphdef
+    train_gd = train_graphdef(config, model)
     num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
     state = dp.replicate(state)
     start = 0
@@ -387,17 +387,18 @@ def _initial_state(config, blur, data, dp, ckpts, resume, init_hook) -> _Setup:
     _say(f"model: {model_label(config)}, DnCNN {config.model.depth}x{config.model.features}, "
          f"{num_params:,} parameters; solver {config.solver.name}, backward "
          f"{config.backward.name}; devices: {dp.describe()}")  # fmt: skip
-    return _Setup(graphdef, train_graphdef, state, tx, start, num_params, implicit,
+    return _Setup(graphdef, train_gd, state, tx, start, num_params, implicit,
                   adjoint_stats, pretrain)  # fmt: skip
 
 
-def _train_graphdef(config, model: DEGRAD) -> nnx.GraphDef:
-    """The graph of ``model`` whose forward solve stops after ``solver.train_max_iter``
-    iterations (0, or a cap at or above ``solver.max_iter``: the model's own graph;
-    the cap never raises the count, e.g. an unrolled model's K). The parameters
-    are the same variables, so one train state serves both graphs."""
+def train_graphdef(config, model) -> nnx.GraphDef:
+    """The graph a training step runs: ``model``'s, with its forward solve stopped
+    after ``solver.train_max_iter`` iterations (0, a cap at or above
+    ``solver.max_iter``, or a model without a solve: the model's own graph; the
+    cap never raises the count, e.g. an unrolled model's K). The parameters are
+    the same variables, so one train state serves both graphs."""
     cap = int(config.solver.get("train_max_iter", 0))
-    if cap == 0 or cap >= int(config.solver.max_iter):
+    if not isinstance(model, DEGRAD) or cap == 0 or cap >= int(config.solver.max_iter):
         return nnx.split(model, nnx.Param, ...)[0]
     section = ml_collections.ConfigDict(config.solver.to_dict())
     section.max_iter = cap

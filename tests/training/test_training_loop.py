@@ -149,7 +149,7 @@ def test_the_training_cap_only_ever_lowers_the_solver_iterations():
     from flax import nnx
 
     from jfbjax.builders import blur_from_config, build_model
-    from jfbjax.training.loop import _train_graphdef
+    from jfbjax.training.loop import train_graphdef
 
     config = _config()
     model = build_model(config, blur_from_config(config), nnx.Rngs(0))
@@ -157,8 +157,8 @@ def test_the_training_cap_only_ever_lowers_the_solver_iterations():
     assert config.solver.max_iter == 15
     for cap, expected in ((0, 15), (5, 5), (15, 15), (30, 15)):  # 30: an unrolled K stays K
         config.solver.train_max_iter = cap
-        train_graphdef = _train_graphdef(config, model)
-        trained = nnx.merge(train_graphdef, params, rest)
+        train_gd = train_graphdef(config, model)
+        trained = nnx.merge(train_gd, params, rest)
         assert trained.solver.max_iter == expected, cap
         assert trained.solver.tol == model.solver.tol  # the rest of the solver is the model's
     assert model.solver.max_iter == 15  # the evaluation graph keeps max_iter
