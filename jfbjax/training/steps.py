@@ -45,9 +45,6 @@ __all__ = [
     "psnr_weighted_mse",
 ]
 
-#: Training losses of ``config.optim.loss`` (:func:`make_train_step`).
-LOSSES = ("mse", "psnr", "charbonnier")
-
 
 class CountingJit:
     """``jax.jit(fun, **kwargs)`` that counts how many times ``fun`` is traced.
@@ -142,6 +139,9 @@ def charbonnier_loss(x_hat: jax.Array, x: jax.Array, eps: float = CHARBONNIER_EP
 
 
 _OBJECTIVES = {"mse": mse_loss, "psnr": psnr_weighted_mse, "charbonnier": charbonnier_loss}
+
+#: Training losses of ``config.optim.loss`` (:func:`make_train_step`).
+LOSSES = tuple(_OBJECTIVES)
 
 
 def batch_psnr(x_hat: jax.Array, x: jax.Array) -> jax.Array:
