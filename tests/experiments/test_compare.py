@@ -49,6 +49,8 @@ def test_learned_runs_plan():
     # ift_tight: the adjoint budget that converges (adjoint_budget_cpu.md), asked for by name
     (t, _) = [r.config for r in compare.learned_runs(get_config("cpu"), settings, {"ift_tight"})]
     assert (t.backward.name, t.solver.tol, t.backward.max_iter) == ("ift", 1e-5, 150)
+    # ... and solved to that tolerance in training too: the preset's cap does not apply
+    assert get_config("cpu").solver.train_max_iter == 30 and t.solver.train_max_iter == 0
 
 
 def test_registry_selects_methods_and_what_they_need():
