@@ -16,6 +16,13 @@ reports how far the Chebyshev ``P`` is from the exact one; then
 (``--train_steps``, default 12) a short training run of the ``cpu`` preset with
 each. Times are medians of jitted calls; compare the columns of one row, not
 rows across machines.
+
+The ``cpu`` preset now preconditions with the TV's lagged diffusivity,
+``P(x) ~ (A^T A + mu I + w L_x)^-1`` by ``precond_iters`` Chebyshev steps around the
+exact ``(A^T A + mu I)^-1`` (``model.precond_tv``). A second table times that
+``P(x)`` and the step ``T(x; d)`` of the preset's untrained model as it is, against
+the same model with the fixed exact ``P`` (``precond_tv=False``, same ``mu``): what
+the lagged term costs.
 """
 
 from __future__ import annotations
@@ -103,6 +110,55 @@ def measure(sizes, batch: int, cheb_iters: int, repeats: int) -> list[dict]:
     return rows
 
 
+def _current_model(precond_tv: bool):
+    """The untrained ``cpu``-preset model as the preset is now (spectral norms frozen),
+    with the lagged-diffusivity ``P(x)`` or (``precond_tv=False``) the fixed exact ``P``."""
+    from experiments.configs import get_config
+    from jfbjax.builders import blur_from_config, build_model
+    from jfbjax.models.dncnn import freeze_spectral_norm
+
+    config = get_config("cpu")
+    config.model.precond_tv = precond_tv
+    return config, freeze_spectral_norm(build_model(config, blur_from_config(config), nnx.Rngs(0)))
+
+
+def measure_lagged(sizes, batch: int, repeats: int) -> list[dict]:
+    """One row per (size, operation): median ms with the lagged ``P(x)`` (the ``cpu``
+    preset now) and with the fixed exact ``P`` of the same ``mu``, and their ratio."""
+    config, lagged = _current_model(True)
+    _, fixed = _current_model(False)
+    mu, iters = float(config.model.precond), int(config.model.precond_iters)
+    (gd_lag, s_lag), (gd_fix, s_fix) = nnx.split(lagged), nnx.split(fixed)
+    rows = []
+    for size in sizes:
+        rng = np.random.default_rng(size)
+        x = jnp.asarray(rng.normal(size=(batch, size, size, 3)) * 0.3, jnp.float32)
+        d, g = lagged.blur.apply(x), jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+        pairs = {  # (the lagged form, the fixed form, their arguments)
+            f"P (mu {mu:g}; lagged: {iters} Chebyshev steps)": (
+                lambda v, w: lagged.lagged_precondition(v, w),
+                lambda v, w: fixed.blur.normal_inverse(w, mu),
+                (x, g),
+                (x, g),
+            ),
+            "T(x; d), cpu preset": (
+                lambda s, v, w: nnx.merge(gd_lag, s).step(v, w),
+                lambda s, v, w: nnx.merge(gd_fix, s).step(v, w),
+                (s_lag, x, d),
+                (s_fix, x, d),
+            ),
+        }
+        for op, (with_lag, without, lag_args, fix_args) in pairs.items():
+            row = {"size": size, "batch": batch, "op": op}
+            for key, fn, args in (("lagged_ms", with_lag, lag_args),
+                                  ("fixed_ms", without, fix_args)):  # fmt: skip
+                t = time_call(jax.jit(fn), *args, repeats=repeats, warmup=1)
+                row[key] = 1e3 * t["median_s"]
+            row["ratio"] = row["lagged_ms"] / row["fixed_ms"]
+            rows.append(row)
+    return rows
+
+
 def measure_training(steps: int, workdir: str, cheb_iters: int) -> list[dict]:
     """Training steps of the ``cpu`` preset with each form of ``P``, in one process
     (:func:`benchmarks.common.short_cpu_training`, one row per form)."""
@@ -133,6 +189,16 @@ OP_COLUMNS = [
 ]
 
 
+LAGGED_COLUMNS = [
+    ("size", "size", "{}"),
+    ("batch", "batch", "{}"),
+    ("operation", "op", "{}"),
+    ("lagged P(x) (ms)", "lagged_ms", "{:.2f}"),
+    ("fixed exact P (ms)", "fixed_ms", "{:.2f}"),
+    ("lagged / fixed", "ratio", "{:.1f}x"),
+]
+
+
 def to_markdown(result: dict) -> str:
     meta = result["meta"]
     lines = [
@@ -149,6 +215,15 @@ def to_markdown(result: dict) -> str:
         "",
     ]
     lines += column_table(result["rows"], OP_COLUMNS)
+    if result.get("lagged"):
+        lines += [
+            "",
+            "The `cpu` preset now: the lagged-diffusivity `P(x)` (Chebyshev steps around "
+            "the exact inverse, `model.precond_tv`) against the fixed exact `P` of the same "
+            "`mu`, alone (on random `g`) and inside the untrained model's `T(x; d)`.",
+            "",
+            *column_table(result["lagged"], LAGGED_COLUMNS),
+        ]
     if result.get("training"):
         lines += training_markdown(result["training"], ("P", "form"), "form")
     return "\n".join(lines) + "\n"
@@ -177,7 +252,10 @@ def run(argv=None) -> dict:
     train_steps = args.train_steps if args.train_steps is not None else (0 if args.quick else 12)
     if train_steps == 1 or train_steps < 0:
         parser.error("--train_steps must be 0 (skip) or >= 2")
-    result = {"rows": measure(sizes, batch, args.cheb_iters, repeats)}
+    result = {
+        "rows": measure(sizes, batch, args.cheb_iters, repeats),
+        "lagged": measure_lagged(sizes, batch, repeats),
+    }
     if train_steps:
         result["training"] = measure_training(train_steps, args.workdir, args.cheb_iters)
     result["meta"] = run_meta(

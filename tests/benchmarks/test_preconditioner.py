@@ -22,6 +22,16 @@ def test_quick_run_times_both_forms(tmp_path):
         json.loads(next(tmp_path.glob("preconditioner_*_quick.json")).read_text())["rows"] == rows
     )
     assert "training" not in result
+    # the cpu preset as it is: lagged P(x) against the fixed exact P, alone and inside T
+    lagged = result["lagged"]
+    assert [r["op"] for r in lagged] == [
+        "P (mu 0.05; lagged: 5 Chebyshev steps)",
+        "T(x; d), cpu preset",
+    ]
+    for r in lagged:
+        assert r["lagged_ms"] > 0 and r["fixed_ms"] > 0
+        assert r["ratio"] == pytest.approx(r["lagged_ms"] / r["fixed_ms"])
+    assert "| lagged / fixed |" in md.read_text()
 
 
 @pytest.mark.parametrize("flag", [["--batch", "0"], ["--cheb_iters", "0"], ["--train_steps", "1"]])
