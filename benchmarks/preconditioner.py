@@ -53,23 +53,26 @@ CHEB_ITERS = 10
 PINNED = {"precond": 0.25, "precond_tv": False, "eta_init": 1.0}
 
 
-def _config():
+def _config(**model):
+    """The ``cpu`` preset with ``model`` overrides (:data:`PINNED` for the first table)."""
     from experiments.configs import get_config
 
     config = get_config("cpu")
-    config.model.update(PINNED)
+    config.model.update(model)
     return config
+
+
+def _untrained(config):
+    """The untrained model of ``config``, its spectral norms frozen (as ``model(d)`` uses them)."""
+    from jfbjax.builders import blur_from_config, build_model
+    from jfbjax.models.dncnn import freeze_spectral_norm
+
+    return freeze_spectral_norm(build_model(config, blur_from_config(config), nnx.Rngs(0)))
 
 
 def _model_step(precond_iters: int, x, d):
     """``(fn, args)``: the step ``T(x; d)`` of the untrained ``cpu``-preset model."""
-    from jfbjax.builders import blur_from_config, build_model
-    from jfbjax.models.dncnn import freeze_spectral_norm
-
-    config = _config()
-    config.model.precond_iters = precond_iters
-    model = freeze_spectral_norm(build_model(config, blur_from_config(config), nnx.Rngs(0)))
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(_untrained(_config(**PINNED, precond_iters=precond_iters)))
     return (lambda s, v, w: nnx.merge(graphdef, s).step(v, w)), (state, x, d)
 
 
@@ -78,7 +81,7 @@ def measure(sizes, batch: int, cheb_iters: int, repeats: int) -> list[dict]:
     ``P`` rows also hold the relative gap ``||P_cheb x - P_exact x|| / ||P_exact x||``."""
     from jfbjax.builders import blur_from_config
 
-    config = _config()
+    config = _config(**PINNED)
     blur, mu = blur_from_config(config), float(config.model.precond)
     forms = {"chebyshev": cheb_iters, "exact": 0}
     rows = []
@@ -110,23 +113,11 @@ def measure(sizes, batch: int, cheb_iters: int, repeats: int) -> list[dict]:
     return rows
 
 
-def _current_model(precond_tv: bool):
-    """The untrained ``cpu``-preset model as the preset is now (spectral norms frozen),
-    with the lagged-diffusivity ``P(x)`` or (``precond_tv=False``) the fixed exact ``P``."""
-    from experiments.configs import get_config
-    from jfbjax.builders import blur_from_config, build_model
-    from jfbjax.models.dncnn import freeze_spectral_norm
-
-    config = get_config("cpu")
-    config.model.precond_tv = precond_tv
-    return config, freeze_spectral_norm(build_model(config, blur_from_config(config), nnx.Rngs(0)))
-
-
 def measure_lagged(sizes, batch: int, repeats: int) -> list[dict]:
     """One row per (size, operation): median ms with the lagged ``P(x)`` (the ``cpu``
     preset now) and with the fixed exact ``P`` of the same ``mu``, and their ratio."""
-    config, lagged = _current_model(True)
-    _, fixed = _current_model(False)
+    config = _config()
+    lagged, fixed = _untrained(config), _untrained(_config(precond_tv=False))
     mu, iters = float(config.model.precond), int(config.model.precond_iters)
     (gd_lag, s_lag), (gd_fix, s_fix) = nnx.split(lagged), nnx.split(fixed)
     rows = []
