@@ -19,6 +19,18 @@ fixed point by ``--iters`` power-iteration steps for each ``eta`` in
 two ends: ``||J|| ~ 1 - eta s_min`` for small ``eta`` and ``eta s_max - 1``
 for large. Settings are chosen on validation images; ``--split test`` is
 for the record.
+
+``--direction_iters K`` also says *what* the least-contracted direction is
+at the trained step: ``K`` power steps on ``J^T J`` give each image's top
+right singular vector ``w`` (unit norm) and ``sigma = ||J w||``, and the
+script reports ``<w, J w> / sigma`` (near +1: ``w`` is nearly an
+eigenvector of ``J`` with eigenvalue ``+sigma``, so an iterate displaced
+along ``w`` moves further the same way, ``M = P (A^T A + dR/dx)`` has
+eigenvalue ``(1 - sigma) / eta`` there, negative when ``sigma > 1``; near
+-1: the step overshoots), the share of ``w``'s energy at spatial
+frequencies above 0.25 cycles per pixel (where a blur transmits least),
+and its share in the 2-pixel border. ``--model NAME`` measures a shipped
+model (:mod:`jfbjax.pretrained`) instead of a run folder.
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ from jfbjax.training.contraction import contraction_factors
 from jfbjax.training.records import evaluation_images
 from jfbjax.training.restore import load_run
 
-__all__ = ["main", "measure", "run"]
+__all__ = ["main", "measure", "run", "top_direction"]
 
 
 def _with_eta(model, eta: float):
@@ -51,12 +63,48 @@ def _with_eta(model, eta: float):
     return other
 
 
+def top_direction(step, x: jax.Array, d: jax.Array, iters: int, key: jax.Array) -> dict:
+    """What the least-contracted direction of ``x -> step(x, d)`` at ``x`` (one image,
+    (H, W, C)) is: ``iters`` power steps on ``J^T J`` give the top right singular
+    vector ``w``; returns scalars ``sigma`` (``||J w||``), ``alignment``
+    (``<w, J w> / sigma``, in [-1, 1]), ``high_freq`` (share of ``w``'s energy at
+    radial frequencies above 0.25 cycles per pixel) and ``border`` (share in the
+    outer 2 pixels)."""
+    fx, vjp = jax.vjp(lambda z: step(z, d), x)
+    jt = jax.linear_transpose(lambda u: vjp(u)[0], fx)
+    jvp = lambda w: jt(w)[0]
+    unit = lambda w: w / jnp.linalg.norm(w)
+    w = unit(jax.random.normal(key, x.shape, x.dtype))
+    w = jax.lax.fori_loop(0, iters, lambda _, w: unit(vjp(jvp(w))[0]), w)
+    jw = jvp(w)
+    sigma = jnp.linalg.norm(jw)
+    power = jnp.abs(jnp.fft.fft2(w, axes=(0, 1))) ** 2
+    fy, fx_ = jnp.fft.fftfreq(x.shape[0]), jnp.fft.fftfreq(x.shape[1])
+    high = (fy[:, None] ** 2 + fx_[None, :] ** 2 > 0.25**2)[..., None]
+    inner = jnp.zeros(x.shape[:2], bool).at[2:-2, 2:-2].set(True)[..., None]
+    return {
+        "sigma": sigma,
+        "alignment": jnp.vdot(w, jw) / sigma,
+        "high_freq": jnp.sum(jnp.where(high, power, 0.0)) / jnp.sum(power),
+        "border": jnp.sum(jnp.where(inner, 0.0, w**2)),
+    }
+
+
 def measure(
-    run, split: str, n: int, etas, tol: float, max_iter: int, iters: int, radius_iters: int = 0
+    run,
+    split: str,
+    n: int,
+    etas,
+    tol: float,
+    max_iter: int,
+    iters: int,
+    radius_iters: int = 0,
+    direction_iters: int = 0,
 ) -> dict:
     """Fixed points of ``n`` images of ``split`` and ``||dT/dx||_2`` there for each eta;
     with ``radius_iters > 0`` also the spectral radius of ``dT/dx`` at the trained eta
-    (:func:`jfbjax.spectral_radius_estimate`)."""
+    (:func:`jfbjax.spectral_radius_estimate`), with ``direction_iters > 0`` each
+    image's least-contracted direction there (:func:`top_direction`)."""
     data = load_data_from_config(run.config)
     d_val, d_test = evaluation_images(run.config, data, run.blur)
     d = jnp.asarray((d_val if split == "val" else d_test)[:n])
@@ -83,6 +131,14 @@ def measure(
         norm = next(row for row in rows if row["trained"])
         radius = {"iters": radius_iters, "mean": float(r.mean()), "max": float(r.max()),
                   "at_worst_norm": float(r[int(np.argmax(norm["per_image"]))])}  # fmt: skip
+    direction = None
+    if direction_iters > 0:
+        step = model.step
+        keys = jax.random.split(jax.random.PRNGKey(2), len(d))
+        one = lambda x, di, k: top_direction(step, x, di, direction_iters, k)
+        per = jax.device_get(jax.jit(jax.vmap(one))(x_star, d, keys))
+        direction = {"iters": direction_iters,
+                     "per_image": {k: np.asarray(v).tolist() for k, v in per.items()}}  # fmt: skip
     small, large = rows[0], rows[-1]
     s_min = (1.0 - small["max"]) / small["eta"]  # the least-contracted direction at small eta
     s_max = (large["max"] + 1.0) / large["eta"]  # the most over-stepped one at large eta
@@ -95,6 +151,7 @@ def measure(
         "rows": rows,
         "fit": bound,
         "radius": radius,
+        "direction": direction,
         "n": len(d),
         "fwd_iterations": float(np.mean(info.iterations)),
         "fwd_converged": float(np.mean(np.asarray(info.status) == int(jfbjax.CONVERGED))),
@@ -146,13 +203,37 @@ def to_markdown(result: dict) -> str:
             "largest ‖dT/dx‖₂. The radius is the local linear rate of the iteration; it is "
             "at most the norm.",
         ]
+    direction = result.get("direction")
+    if direction is not None:
+        per = direction["per_image"]
+        order = np.argsort(per["sigma"])[::-1][:5]
+        lines += [
+            "",
+            f"The least-contracted direction w at the trained eta ({direction['iters']} power "
+            "steps on JᵀJ), at the 5 images with the largest ‖J w‖: ⟨w, J w⟩ / ‖J w‖ near +1 "
+            "means J ≈ +‖J w‖ along w (P(AᵀA + ∂R/∂x) has eigenvalue (1 − ‖J w‖)/eta there, "
+            "negative above 1), near −1 an overshooting step; high freq: share of w's energy "
+            "above 0.25 cycles/pixel; border: share in the outer 2 pixels.",
+            "",
+        ]
+        lines += markdown_table(
+            ["image", "‖J w‖", "⟨w, J w⟩ / ‖J w‖", "high freq", "border"],
+            [
+                (str(int(i)), f"{per['sigma'][i]:.4f}", f"{per['alignment'][i]:+.3f}",
+                 f"{per['high_freq'][i]:.2f}", f"{per['border'][i]:.2f}")
+                for i in order
+            ],
+        )  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def run(argv=None) -> dict:
     """Runs the measurement of ``argv`` (the flags below); returns ``{"meta", "rows", ...}``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", required=True, help="a trained DE-GRAD run folder")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="a trained DE-GRAD run folder")
+    which.add_argument("--model", help="a shipped model (jfbjax.pretrained), e.g. "
+                       "deblur-builtin-32")  # fmt: skip
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--n", type=int, default=40, help="images (at most the split's)")
     p.add_argument("--etas", type=float, nargs="+", default=[0.5, 0.8, 1.1, 1.2, 1.4])
@@ -162,16 +243,24 @@ def run(argv=None) -> dict:
     p.add_argument("--radius_iters", type=int, default=0,
                    help="also the spectral radius at the trained eta by this many power "
                    "steps on dT/dx (0: not measured)")  # fmt: skip
+    p.add_argument("--direction_iters", type=int, default=0,
+                   help="also each image's least-contracted direction at the trained eta "
+                   "by this many power steps on J^T J (0: not measured)")  # fmt: skip
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     if args.n < 1 or min(args.etas) <= 0:
         p.error("--n must be >= 1 and every --etas value > 0")
     start = time.perf_counter()
-    trained = load_run(args.run, which="latest")
+    if args.run is not None:
+        trained = load_run(args.run, which="latest")
+    else:
+        from jfbjax import pretrained
+
+        trained = pretrained.load(args.model)
     result = measure(trained, args.split, args.n, args.etas, args.tol, args.max_iter, args.iters,
-                     args.radius_iters)  # fmt: skip
+                     args.radius_iters, args.direction_iters)  # fmt: skip
     result["meta"] = run_meta(
-        "benchmarks.contraction_vs_eta", argv, start, run=args.run, split=args.split,
+        "benchmarks.contraction_vs_eta", argv, start, run=args.run or args.model, split=args.split,
         tol=args.tol, iters=args.iters,
     )  # fmt: skip
     stem = f"contraction_vs_eta_{result['meta']['machine']}"

@@ -374,6 +374,38 @@ LEVERS: tuple[Lever, ...] = (
         group="combination",
     ),
     Lever(
+        "tv_e02_lagged05_tmi30_inject",
+        "the default (training solves capped at 30), R also reads d (input injection)",
+        (*_DEFAULT, "model.inject=true"),
+        group="combination",
+    ),
+    Lever(
+        "tv_e02_lagged05_tmi30_inject_spec10",
+        "the default, R also reads d, spectral penalty 1.0 max(‖J‖₂ - 0.9, 0)², 10 power "
+        "iterations (can R sharpen through d rather than through its x-Jacobian?)",
+        (
+            *_DEFAULT,
+            "model.inject=true",
+            *_SPECTRAL,
+            "contraction.target=0.9",
+            "contraction.power_iters=10",
+        ),
+        group="combination",
+    ),
+    Lever(
+        "tv_e02_lagged05_tmi30_spec10_t93_s2",
+        "the default, spectral penalty 1.0 max(‖J‖₂ - 0.93, 0)², 10 power iterations on 2 "
+        "images of each batch",
+        (
+            *_DEFAULT,
+            *_SPECTRAL,
+            "contraction.target=0.93",
+            "contraction.power_iters=10",
+            "contraction.samples=2",
+        ),
+        group="combination",
+    ),
+    Lever(
         "tv_e02_lagged05_tmi30_lr07",
         "the default (training solves capped at 30), learning rate 7e-4 (peak, cosine)",
         (*_DEFAULT, "optim.lr=7e-4"),

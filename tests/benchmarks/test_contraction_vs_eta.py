@@ -17,7 +17,7 @@ from jfbjax.training.records import evaluation_images
 def test_rows_per_eta_match_the_dense_jacobian(tiny_run, tmp_path):
     workdir, _ = tiny_run()
     argv = ["--run", str(workdir), "--n", "1", "--etas", "0.5", "1.5", "--iters", "60"]
-    argv += ["--radius_iters", "150"]
+    argv += ["--radius_iters", "150", "--direction_iters", "60"]
     res = contraction_vs_eta.run([*argv, "--out", str(tmp_path)])
     (js,) = tmp_path.glob("contraction_vs_eta_*.json")
     assert json.loads(js.read_text())["rows"] == res["rows"]
@@ -45,6 +45,30 @@ def test_rows_per_eta_match_the_dense_jacobian(tiny_run, tmp_path):
             rho = np.max(np.abs(np.linalg.eigvals(dense)))
             assert res["radius"]["max"] == pytest.approx(rho, rel=2e-2)
             assert res["radius"]["max"] <= r["max"] * (1 + 1e-3)
+            # the least-contracted direction's gain is the same largest singular value
+            assert res["direction"]["per_image"]["sigma"][0] == pytest.approx(exact, rel=2e-2)
+    assert "least-contracted direction" in next(tmp_path.glob("*.md")).read_text()
+
+
+@pytest.mark.parametrize(
+    "gain, pattern, alignment, high_freq",
+    [(1.1, "checkerboard", 1.0, 1.0), (-1.3, "constant", -1.0, 0.0)],
+)
+def test_top_direction_of_a_rank_one_map(gain, pattern, alignment, high_freq):
+    # J = 0.2 I + gain u u^T: u is the top singular direction, ||J u|| = |0.2 + gain|,
+    # <u, J u> has gain's sign; a checkerboard lives at the highest frequency, a constant
+    # at zero; u has equal magnitude everywhere, so the 2-pixel border of a 16x16 image
+    # holds (256 - 144) / 256 of its energy.
+    i, j = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    u = ((-1.0) ** (i + j) if pattern == "checkerboard" else np.ones((16, 16)))[..., None]
+    u = jnp.asarray(np.repeat(u, 3, -1) / np.sqrt(16 * 16 * 3), jnp.float32)
+    step = lambda x, d: 0.2 * x + gain * jnp.vdot(u, x) * u + d
+    x = jnp.zeros_like(u)
+    out = contraction_vs_eta.top_direction(step, x, x, 40, jax.random.PRNGKey(0))
+    assert float(out["sigma"]) == pytest.approx(abs(0.2 + gain), rel=1e-4)
+    assert float(out["alignment"]) == pytest.approx(alignment, abs=1e-4)
+    assert float(out["high_freq"]) == pytest.approx(high_freq, abs=1e-4)
+    assert float(out["border"]) == pytest.approx(112 / 256, abs=1e-4)
 
 
 def test_bad_input_fails_cleanly(tmp_path, capsys):

@@ -22,6 +22,11 @@ def _config(steps=8):
     config.log_every = 2
     config.eval_every = 100  # only the final evaluation
     config.checkpoint_every = 3
+    # What these tests check is the training loop: no TV tuning, alignment report
+    # or self-ensemble at the evaluations (tests/experiments cover them).
+    config.tv.weights = ()
+    config.contraction.align_images = 0
+    config.self_ensemble = False
     # Spectral norm adds non-trainable variables (power-iteration vectors) to the
     # state, so resume covers TrainState.rest too.
     config.model.spectral_norm = True
