@@ -137,8 +137,15 @@ def measure(
         keys = jax.random.split(jax.random.PRNGKey(2), len(d))
         one = lambda x, di, k: top_direction(step, x, di, direction_iters, k)
         per = jax.device_get(jax.jit(jax.vmap(one))(x_star, d, keys))
-        direction = {"iters": direction_iters,
-                     "per_image": {k: np.asarray(v).tolist() for k, v in per.items()}}  # fmt: skip
+        h, w = d.shape[1:3]
+        fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+        direction = {
+            "iters": direction_iters,
+            "per_image": {k: np.asarray(v).tolist() for k, v in per.items()},
+            # the same shares for white noise and for a vector spread evenly over pixels
+            "white_high_freq": float(np.mean(fy**2 + fx**2 > 0.25**2)),
+            "uniform_border": 1.0 - (h - 4) * (w - 4) / (h * w),
+        }
     small, large = rows[0], rows[-1]
     s_min = (1.0 - small["max"]) / small["eta"]  # the least-contracted direction at small eta
     s_max = (large["max"] + 1.0) / large["eta"]  # the most over-stepped one at large eta
@@ -213,7 +220,9 @@ def to_markdown(result: dict) -> str:
             "steps on JᵀJ), at the 5 images with the largest ‖J w‖: ⟨w, J w⟩ / ‖J w‖ near +1 "
             "means J ≈ +‖J w‖ along w (P(AᵀA + ∂R/∂x) has eigenvalue (1 − ‖J w‖)/eta there, "
             "negative above 1), near −1 an overshooting step; high freq: share of w's energy "
-            "above 0.25 cycles/pixel; border: share in the outer 2 pixels.",
+            "above 0.25 cycles/pixel (white noise: "
+            f"{direction['white_high_freq']:.2f}); border: share in the outer 2 pixels (a "
+            f"vector spread evenly: {direction['uniform_border']:.2f}).",
             "",
         ]
         lines += markdown_table(

@@ -48,6 +48,10 @@ def test_rows_per_eta_match_the_dense_jacobian(tiny_run, tmp_path):
             # the least-contracted direction's gain is the same largest singular value
             assert res["direction"]["per_image"]["sigma"][0] == pytest.approx(exact, rel=2e-2)
     assert "least-contracted direction" in next(tmp_path.glob("*.md")).read_text()
+    side = d.shape[1]  # 16: 144 inner pixels of 256, 1 - pi / 16 of the frequencies high
+    assert res["direction"]["uniform_border"] == pytest.approx(112 / 256)
+    assert res["direction"]["white_high_freq"] == pytest.approx(1 - np.pi / 16, abs=0.03)
+    assert side == 16
 
 
 @pytest.mark.parametrize(
