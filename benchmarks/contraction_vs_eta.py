@@ -47,12 +47,14 @@ from flax import nnx
 import jfbjax
 from benchmarks.common import exit_status, markdown_table, run_meta, write_result
 from jfbjax.data import load_data_from_config
+from jfbjax.imaging.baselines import smoothed_tv_gradient
 from jfbjax.models.dncnn import freeze_spectral_norm
+from jfbjax.models.ensemble import symmetrize
 from jfbjax.training.contraction import contraction_factors
 from jfbjax.training.records import evaluation_images
 from jfbjax.training.restore import load_run
 
-__all__ = ["main", "measure", "run", "top_direction"]
+__all__ = ["curvature_parts", "main", "measure", "run", "top_direction"]
 
 
 def _with_eta(model, eta: float):
@@ -66,7 +68,7 @@ def _with_eta(model, eta: float):
 def top_direction(step, x: jax.Array, d: jax.Array, iters: int, key: jax.Array) -> dict:
     """What the least-contracted direction of ``x -> step(x, d)`` at ``x`` (one image,
     (H, W, C)) is: ``iters`` power steps on ``J^T J`` give the top right singular
-    vector ``w``; returns scalars ``sigma`` (``||J w||``), ``alignment``
+    vector ``w`` (returned as ``w``) and scalars ``sigma`` (``||J w||``), ``alignment``
     (``<w, J w> / sigma``, in [-1, 1]), ``high_freq`` (share of ``w``'s energy at
     radial frequencies above 0.25 cycles per pixel) and ``border`` (share in the
     outer 2 pixels)."""
@@ -83,11 +85,50 @@ def top_direction(step, x: jax.Array, d: jax.Array, iters: int, key: jax.Array) 
     high = (fy[:, None] ** 2 + fx_[None, :] ** 2 > 0.25**2)[..., None]
     inner = jnp.zeros(x.shape[:2], bool).at[2:-2, 2:-2].set(True)[..., None]
     return {
+        "w": w,
         "sigma": sigma,
         "alignment": jnp.vdot(w, jw) / sigma,
         "high_freq": jnp.sum(jnp.where(high, power, 0.0)) / jnp.sum(power),
         "border": jnp.sum(jnp.where(inner, 0.0, w**2)),
     }
+
+
+def curvature_parts(model, x: jax.Array, d: jax.Array, w: jax.Array) -> dict:
+    r"""Where the contraction along ``w`` comes from, at a fixed point ``x`` of a
+    DE-GRAD ``model`` (one image, (H, W, C); ``equivariance`` 1, no clamp).
+
+    At a fixed point the gradient term vanishes, so the derivative of ``P(x)``
+    drops out and :math:`J w = w - \eta P (A^T A + H_{tv} + t I + J_R) w`: the
+    blur's data term, the smoothed TV's Hessian, the Tikhonov term and the
+    DnCNN's Jacobian. Returns ``c_data``, ``c_tv``, ``c_tik``, ``c_dncnn``, each
+    :math:`\eta \langle w, P H_k w \rangle` (so :math:`\langle w, J w \rangle =
+    \|w\|^2 - \sum_k c_k`; positive parts contract along ``w``, negative ones
+    expand), and ``border_<part>``, the share of each sum from the outer 2 pixels.
+    """
+    if model.equivariance != 1 or model.clamp:
+        raise ValueError("curvature_parts needs model.equivariance == 1 and no clamp")
+    tv = lambda z: (
+        model.tv_weight
+        * symmetrize(lambda u: smoothed_tv_gradient(u, model.tv_eps), z, model.tv_equivariance)
+    )
+    parts = {
+        "data": lambda z: model.blur.adjoint(model.blur.apply(z) - d),
+        "tv": tv if model.tv_weight > 0 else (lambda z: jnp.zeros_like(z)),
+        "tik": lambda z: model.tikhonov * z,
+        "dncnn": lambda z: model.regulariser(
+            jnp.concatenate([z, d.astype(z.dtype)], -1) if model.inject else z
+        ),
+    }
+    inner = jnp.zeros(x.shape[:2], bool).at[2:-2, 2:-2].set(True)[..., None]
+    eta = model.eta.astype(x.dtype)
+    out = {}
+    for name, f in parts.items():
+        _, vjp = jax.vjp(f, x)
+        hw = jax.linear_transpose(lambda u, vjp=vjp: vjp(u)[0], x)(w)[0]  # H_k w, by VJPs
+        e = w * (eta * model.precondition(x, hw))
+        out[f"c_{name}"] = jnp.sum(e)
+        out[f"border_{name}"] = jnp.sum(jnp.where(inner, 0.0, e))
+    return out
 
 
 def measure(
@@ -135,7 +176,13 @@ def measure(
     if direction_iters > 0:
         step = model.step
         keys = jax.random.split(jax.random.PRNGKey(2), len(d))
-        one = lambda x, di, k: top_direction(step, x, di, direction_iters, k)
+        parts = model.equivariance == 1 and not model.clamp and hasattr(model, "precondition")
+
+        def one(x, di, k):
+            out = top_direction(step, x, di, direction_iters, k)
+            w = out.pop("w")
+            return {**out, **(curvature_parts(model, x, di, w) if parts else {})}
+
         per = jax.device_get(jax.jit(jax.vmap(one))(x_star, d, keys))
         h, w = d.shape[1:3]
         fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
@@ -225,11 +272,23 @@ def to_markdown(result: dict) -> str:
             f"vector spread evenly: {direction['uniform_border']:.2f}).",
             "",
         ]
+        names = [n for n in ("data", "tv", "tik", "dncnn") if f"c_{n}" in per]
+        if names:
+            lines += [
+                "",
+                "Where ⟨w, J w⟩ = 1 − Σ c comes from (DE-GRAD at its fixed point: J w = w − "
+                "eta P (AᵀA + H_tv + t I + J_dncnn) w, c = eta ⟨w, P H w⟩ per term; positive "
+                "contracts along w, negative expands; in brackets the part from the outer 2 "
+                "pixels).",
+                "",
+            ]
         lines += markdown_table(
-            ["image", "‖J w‖", "⟨w, J w⟩ / ‖J w‖", "high freq", "border"],
+            ["image", "‖J w‖", "⟨w, J w⟩ / ‖J w‖", "high freq", "border"]
+            + [f"c {n}" for n in names],
             [
                 (str(int(i)), f"{per['sigma'][i]:.4f}", f"{per['alignment'][i]:+.3f}",
-                 f"{per['high_freq'][i]:.2f}", f"{per['border'][i]:.2f}")
+                 f"{per['high_freq'][i]:.2f}", f"{per['border'][i]:.2f}",
+                 *(f"{per['c_' + n][i]:+.4f} ({per['border_' + n][i]:+.4f})" for n in names))
                 for i in order
             ],
         )  # fmt: skip

@@ -371,19 +371,27 @@ class DEGRAD(nnx.Module):
         inverse = lambda v: self.blur.normal_inverse(v, mu)
         return chebyshev(matvec, g, lo, hi, self.precond_iters, precond=inverse)
 
+    def precondition(self, x: jax.Array, g: jax.Array) -> jax.Array:
+        """``P(x) g``, the preconditioner of the step at the iterate ``x``: the lagged-TV
+        ``P(x)`` (``precond_tv``), ``(A^T A + precond I)^{-1}`` exactly
+        (``precond_iters=0``) or by Chebyshev steps, or ``g`` itself (no preconditioner).
+        Linear in ``g``."""
+        if self.precond_tv:
+            return self.lagged_precondition(x, g)
+        if self.precond > 0:
+            if self.precond_iters == 0:
+                return self.blur.normal_inverse(g, self.precond)
+            return self.blur.normal_inverse_approx(g, self.precond, self.precond_iters)
+        return g
+
     def step(self, x: jax.Array, d: jax.Array) -> jax.Array:
         """One application of ``T(x; d)`` to ``(H, W, C)`` or ``(N, H, W, C)`` images.
 
         Returns an array of ``x``'s shape and dtype.
         """
-        grad = self.blur.adjoint(self.blur.apply(x) - d) + self.regularise(x, d)
-        if self.precond_tv:
-            grad = self.lagged_precondition(x, grad)
-        elif self.precond > 0:
-            if self.precond_iters == 0:
-                grad = self.blur.normal_inverse(grad, self.precond)
-            else:
-                grad = self.blur.normal_inverse_approx(grad, self.precond, self.precond_iters)
+        grad = self.precondition(
+            x, self.blur.adjoint(self.blur.apply(x) - d) + self.regularise(x, d)
+        )
         out = x - self.eta.astype(grad.dtype) * grad
         if self.clamp:
             out = jnp.clip(out, -1.0, 1.0)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jfbjax
 from benchmarks import contraction_vs_eta
 from jfbjax.data import load_data_from_config
 from jfbjax.training import load_run
@@ -46,12 +47,42 @@ def test_rows_per_eta_match_the_dense_jacobian(tiny_run, tmp_path):
             assert res["radius"]["max"] == pytest.approx(rho, rel=2e-2)
             assert res["radius"]["max"] <= r["max"] * (1 + 1e-3)
             # the least-contracted direction's gain is the same largest singular value
-            assert res["direction"]["per_image"]["sigma"][0] == pytest.approx(exact, rel=2e-2)
+            per = res["direction"]["per_image"]
+            assert per["sigma"][0] == pytest.approx(exact, rel=2e-2)
+            # <w, J w> = 1 - the sum of the four curvature parts (checked on a map with
+            # every part below)
+            parts = sum(per[f"c_{k}"][0] for k in ("data", "tv", "tik", "dncnn"))
+            assert 1 - parts == pytest.approx(per["alignment"][0] * per["sigma"][0], abs=2e-3)
     assert "least-contracted direction" in next(tmp_path.glob("*.md")).read_text()
     side = d.shape[1]  # 16: 144 inner pixels of 256, 1 - pi / 16 of the frequencies high
     assert res["direction"]["uniform_border"] == pytest.approx(112 / 256)
     assert res["direction"]["white_high_freq"] == pytest.approx(1 - np.pi / 16, abs=0.03)
     assert side == 16
+
+
+def test_curvature_parts_add_up_to_the_dense_jacobian(tiny_run):
+    # The tiny run's model with a Tikhonov and a smoothed-TV term and the lagged-TV
+    # preconditioner switched on, solved tightly again: at its fixed point
+    # <w, J w> = |w|^2 - (c_data + c_tv + c_tik + c_dncnn) for any w.
+    workdir, _ = tiny_run()
+    run = load_run(workdir)
+    d_val, _ = evaluation_images(run.config, load_data_from_config(run.config), run.blur)
+    model = run.model.with_solver(jfbjax.Anderson(tol=1e-7, max_iter=500))
+    model.tikhonov, model.tv_weight, model.tv_eps = 0.01, 1e-3, 0.1
+    model.precond, model.precond_tv, model.precond_iters = 0.1, True, 5
+    d = jnp.asarray(d_val[:1])
+    x_star, info = model(d)
+    assert int(info.status[0]) == int(jfbjax.CONVERGED)
+    x, d0 = x_star[0], d[0]
+    w = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+    parts = contraction_vs_eta.curvature_parts(model, x, d0, w)
+    jac = jax.jacrev(lambda v: model.step(v.reshape(x.shape), d0).reshape(-1))
+    wjw = float(w.reshape(-1) @ np.asarray(jac(x.reshape(-1))) @ w.reshape(-1))
+    c = {k: float(parts[f"c_{k}"]) for k in ("data", "tv", "tik", "dncnn")}
+    # each part is large enough to be missed at the tolerance below
+    assert min(abs(v) for v in c.values()) > 3e-3 * float(jnp.vdot(w, w)), c
+    assert float(jnp.vdot(w, w)) - sum(c.values()) == pytest.approx(wjw, rel=1e-3)
+    assert c["data"] > 0 and c["tik"] > 0 and c["tv"] > 0
 
 
 @pytest.mark.parametrize(
