@@ -100,7 +100,8 @@ def curvature_parts(model, x: jax.Array, d: jax.Array, w: jax.Array) -> dict:
     At a fixed point the gradient term vanishes, so the derivative of ``P(x)``
     drops out and :math:`J w = w - \eta P (A^T A + H_{tv} + t I + J_R) w`: the
     blur's data term, the smoothed TV's Hessian, the Tikhonov term and the
-    DnCNN's Jacobian. Returns ``c_data``, ``c_tv``, ``c_tik``, ``c_dncnn``, each
+    learned ``R``'s Jacobian (the DnCNN or the convex ridge). Returns
+    ``c_data``, ``c_tv``, ``c_tik``, ``c_R``, each
     :math:`\eta \langle w, P H_k w \rangle` (so :math:`\langle w, J w \rangle =
     \|w\|^2 - \sum_k c_k`; positive parts contract along ``w``, negative ones
     expand), and ``border_<part>``, the share of each sum from the outer 2 pixels.
@@ -115,7 +116,7 @@ def curvature_parts(model, x: jax.Array, d: jax.Array, w: jax.Array) -> dict:
         "data": lambda z: model.blur.adjoint(model.blur.apply(z) - d),
         "tv": tv if model.tv_weight > 0 else (lambda z: jnp.zeros_like(z)),
         "tik": lambda z: model.tikhonov * z,
-        "dncnn": lambda z: model.regulariser(
+        "R": lambda z: model.regulariser(
             jnp.concatenate([z, d.astype(z.dtype)], -1) if model.inject else z
         ),
     }
@@ -272,13 +273,14 @@ def to_markdown(result: dict) -> str:
             f"vector spread evenly: {direction['uniform_border']:.2f}).",
             "",
         ]
-        names = [n for n in ("data", "tv", "tik", "dncnn") if f"c_{n}" in per]
+        names = [n for n in ("data", "tv", "tik", "R") if f"c_{n}" in per]
         if names:
             lines += [
                 "",
                 "Where ⟨w, J w⟩ = 1 − Σ c comes from (DE-GRAD at its fixed point: J w = w − "
-                "eta P (AᵀA + H_tv + t I + J_dncnn) w, c = eta ⟨w, P H w⟩ per term; positive "
-                "contracts along w, negative expands; in brackets the part from the outer 2 "
+                "eta P (AᵀA + H_tv + t I + J_R) w, J_R the learned R's Jacobian, c = eta "
+                "⟨w, P H w⟩ per term; positive contracts along w, negative expands; in "
+                "brackets the part from the outer 2 "
                 "pixels).",
                 "",
             ]

@@ -67,6 +67,7 @@ BASELINE: tuple[str, ...] = (
     "model.tv_equivariance=1",
     "model.inject=false",
     "model.precond_tv=false",
+    "model.regulariser=dncnn",
     "model.eta_init=1.0",
     "optim.loss=mse",
     "self_ensemble=false",
@@ -403,6 +404,13 @@ LEVERS: tuple[Lever, ...] = (
             "contraction.power_iters=10",
             "contraction.samples=2",
         ),
+        group="combination",
+    ),
+    Lever(
+        "tv_e02_lagged05_tmi30_ridge",
+        "the default with R a convex ridge regulariser (32 5x5 filters, log-cosh: the "
+        "gradient of a convex energy, monotone by construction) instead of the DnCNN",
+        (*_DEFAULT, "model.regulariser=convex_ridge"),
         group="combination",
     ),
     Lever(

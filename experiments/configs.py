@@ -52,7 +52,10 @@ subgroup of flips/rotations, the half turn, the rotations or all eight, so the
 map is exactly equivariant to it; ``equivariance`` DnCNN calls per step),
 ``tv_equivariance`` (the same for the smoothed-TV term alone, whose forward
 differences are not equivariant; cheap), ``inject`` (the DnCNN also reads
-the measurement ``d``, stacked with the iterate: ``R(x, d)``, DE-GRAD / DE-Prox).
+the measurement ``d``, stacked with the iterate: ``R(x, d)``, DE-GRAD / DE-Prox),
+``regulariser`` (dncnn | convex_ridge: the learned ``R``; ``convex_ridge`` is
+``jfbjax.models.ConvexRidge``, the gradient of a convex field-of-experts energy,
+monotone by construction, with ``ridge_features`` filters of side ``ridge_kernel``).
 ``contraction``: penalties on ``dT/dx`` at the training fixed points
 (``jfbjax.training.contraction``): ``jac_weight`` (Hutchinson estimate of
 ``||J||_F^2 / n``), ``spectral_weight`` and ``target`` (``max(||J||_2 -
@@ -157,6 +160,9 @@ def _base() -> ml_collections.ConfigDict:
     c.model.tv_equivariance = 1
     c.model.inject = False
     c.model.precond_tv = False
+    c.model.regulariser = "dncnn"
+    c.model.ridge_features = 32
+    c.model.ridge_kernel = 5
 
     c.contraction = ml_collections.ConfigDict()
     c.contraction.jac_weight = 0.0

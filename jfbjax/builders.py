@@ -39,6 +39,7 @@ from jfbjax.backward import Backward
 from jfbjax.imaging.blur import Blur
 from jfbjax.models.degrad import DEGRAD, FAMILIES, DEProx, FeedForward
 from jfbjax.models.dncnn import DnCNN
+from jfbjax.models.ridge import ConvexRidge
 from jfbjax.solvers import Solver
 
 __all__ = [
@@ -172,12 +173,31 @@ def blur_from_config(config) -> Blur:
     )
 
 
-def regulariser_from_config(m, rngs: nnx.Rngs) -> DnCNN:
-    """The DnCNN of a ``config.model`` section: ``depth``, ``features``,
+#: The learned regularisers ``R`` of ``config.model.regulariser``.
+REGULARISERS = ("dncnn", "convex_ridge")
+
+
+def regulariser_from_config(m, rngs: nnx.Rngs) -> DnCNN | ConvexRidge:
+    """The regulariser of a ``config.model`` section: ``regulariser`` (default
+    "dncnn"; :data:`REGULARISERS`). The DnCNN reads ``depth``, ``features``,
     ``spectral_norm``, and optionally ``channels`` (3), ``dtype`` ("float32") and
     ``inject`` (False; True: it reads twice the channels, the iterate and the
-    measurement)."""
+    measurement). "convex_ridge" (:class:`~jfbjax.models.ridge.ConvexRidge`, monotone
+    by construction) reads ``ridge_features`` (32) and ``ridge_kernel`` (5), and
+    refuses ``inject`` and a low-precision ``dtype``."""
     channels = int(m.get("channels", 3))
+    kind = str(m.get("regulariser", "dncnn"))
+    if kind not in REGULARISERS:
+        raise ValueError(f"model.regulariser must be one of {REGULARISERS}, got {kind!r}")
+    if kind == "convex_ridge":
+        if bool(m.get("inject", False)) or str(m.get("dtype", "float32")) != "float32":
+            raise ValueError(
+                "model.regulariser=convex_ridge reads the iterate only, in float32: set "
+                "model.inject=false and model.dtype=float32"
+            )
+        return ConvexRidge(
+            channels, int(m.get("ridge_features", 32)), int(m.get("ridge_kernel", 5)), rngs=rngs
+        )
     return DnCNN(
         channels,
         int(m.depth),

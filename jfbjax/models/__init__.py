@@ -1,5 +1,6 @@
-"""Flax NNX models: the DnCNN regulariser, the DE-GRAD implicit model and a
-feed-forward baseline, plus their construction from an ml_collections config."""
+"""Flax NNX models: the DnCNN regulariser (and a monotone convex-ridge one), the
+DE-GRAD implicit model and a feed-forward baseline, plus their construction from an
+ml_collections config."""
 
 from jfbjax.models.degrad import DEGRAD, FAMILIES, STARTS, DEProx, FeedForward
 from jfbjax.models.dncnn import (
@@ -20,6 +21,7 @@ from jfbjax.models.ensemble import (
     symmetrize,
 )
 from jfbjax.models.pnp import pnp_pgd
+from jfbjax.models.ridge import ConvexRidge
 
 __all__ = [
     "DEGRAD",
@@ -28,6 +30,7 @@ __all__ = [
     "RECTANGLE",
     "STARTS",
     "SUBGROUPS",
+    "ConvexRidge",
     "DEProx",
     "DnCNN",
     "FeedForward",

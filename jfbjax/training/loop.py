@@ -384,7 +384,11 @@ def _initial_state(config, blur, data, dp, ckpts, resume, init_hook) -> _Setup:
         state = ckpts.resume(state)
         start = int(state.step)
         _say(f"resume: continuing from the checkpoint after {start} updates")
-    _say(f"model: {model_label(config)}, DnCNN {config.model.depth}x{config.model.features}, "
+    m = config.model
+    net = (f"convex ridge {m.ridge_features} {m.ridge_kernel}x{m.ridge_kernel} filters"
+           if m.get("regulariser", "dncnn") == "convex_ridge"
+           else f"DnCNN {m.depth}x{m.features}")  # fmt: skip
+    _say(f"model: {model_label(config)}, {net}, "
          f"{num_params:,} parameters; solver {config.solver.name}, backward "
          f"{config.backward.name}; devices: {dp.describe()}")  # fmt: skip
     return _Setup(graphdef, train_gd, state, tx, start, num_params, implicit,

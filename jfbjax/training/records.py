@@ -95,6 +95,9 @@ ADDED_FIELDS: dict[str, object] = {
     "model.inject": False,
     "model.precond_tv": False,
     "solver.train_max_iter": 0,
+    "model.regulariser": "dncnn",
+    "model.ridge_features": 32,
+    "model.ridge_kernel": 5,
 }
 
 

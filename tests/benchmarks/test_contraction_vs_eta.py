@@ -51,7 +51,7 @@ def test_rows_per_eta_match_the_dense_jacobian(tiny_run, tmp_path):
             assert per["sigma"][0] == pytest.approx(exact, rel=2e-2)
             # <w, J w> = 1 - the sum of the four curvature parts (checked on a map with
             # every part below)
-            parts = sum(per[f"c_{k}"][0] for k in ("data", "tv", "tik", "dncnn"))
+            parts = sum(per[f"c_{k}"][0] for k in ("data", "tv", "tik", "R"))
             assert 1 - parts == pytest.approx(per["alignment"][0] * per["sigma"][0], abs=2e-3)
     assert "least-contracted direction" in next(tmp_path.glob("*.md")).read_text()
     side = d.shape[1]  # 16: 144 inner pixels of 256, 1 - pi / 16 of the frequencies high
@@ -63,7 +63,7 @@ def test_rows_per_eta_match_the_dense_jacobian(tiny_run, tmp_path):
 def test_curvature_parts_add_up_to_the_dense_jacobian(tiny_run):
     # The tiny run's model with a Tikhonov and a smoothed-TV term and the lagged-TV
     # preconditioner switched on, solved tightly again: at its fixed point
-    # <w, J w> = |w|^2 - (c_data + c_tv + c_tik + c_dncnn) for any w.
+    # <w, J w> = |w|^2 - (c_data + c_tv + c_tik + c_R) for any w.
     workdir, _ = tiny_run()
     run = load_run(workdir)
     d_val, _ = evaluation_images(run.config, load_data_from_config(run.config), run.blur)
@@ -78,7 +78,7 @@ def test_curvature_parts_add_up_to_the_dense_jacobian(tiny_run):
     parts = contraction_vs_eta.curvature_parts(model, x, d0, w)
     jac = jax.jacrev(lambda v: model.step(v.reshape(x.shape), d0).reshape(-1))
     wjw = float(w.reshape(-1) @ np.asarray(jac(x.reshape(-1))) @ w.reshape(-1))
-    c = {k: float(parts[f"c_{k}"]) for k in ("data", "tv", "tik", "dncnn")}
+    c = {k: float(parts[f"c_{k}"]) for k in ("data", "tv", "tik", "R")}
     # each part is large enough to be missed at the tolerance below
     assert min(abs(v) for v in c.values()) > 3e-3 * float(jnp.vdot(w, w)), c
     assert float(jnp.vdot(w, w)) - sum(c.values()) == pytest.approx(wjw, rel=1e-3)
