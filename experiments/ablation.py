@@ -68,6 +68,7 @@ BASELINE: tuple[str, ...] = (
     "model.inject=false",
     "model.precond_tv=false",
     "model.regulariser=dncnn",
+    "model.padding=zero",
     "model.eta_init=1.0",
     "optim.loss=mse",
     "self_ensemble=false",
@@ -411,6 +412,13 @@ LEVERS: tuple[Lever, ...] = (
         "the default with R a convex ridge regulariser (32 5x5 filters, log-cosh: the "
         "gradient of a convex energy, monotone by construction) instead of the DnCNN",
         (*_DEFAULT, "model.regulariser=convex_ridge"),
+        group="combination",
+    ),
+    Lever(
+        "tv_e02_lagged05_tmi30_reflect",
+        "the default with R's convolutions reflect-padded instead of zero-padded (the "
+        "least-contracted directions gather at the border)",
+        (*_DEFAULT, "model.padding=reflect"),
         group="combination",
     ),
     Lever(

@@ -55,7 +55,8 @@ differences are not equivariant; cheap), ``inject`` (the DnCNN also reads
 the measurement ``d``, stacked with the iterate: ``R(x, d)``, DE-GRAD / DE-Prox),
 ``regulariser`` (dncnn | convex_ridge: the learned ``R``; ``convex_ridge`` is
 ``jfbjax.models.ConvexRidge``, the gradient of a convex field-of-experts energy,
-monotone by construction, with ``ridge_features`` filters of side ``ridge_kernel``).
+monotone by construction, with ``ridge_features`` filters of side ``ridge_kernel``),
+``padding`` (zero | reflect: what the DnCNN's convolutions see beyond the image).
 ``contraction``: penalties on ``dT/dx`` at the training fixed points
 (``jfbjax.training.contraction``): ``jac_weight`` (Hutchinson estimate of
 ``||J||_F^2 / n``), ``spectral_weight`` and ``target`` (``max(||J||_2 -
@@ -163,6 +164,7 @@ def _base() -> ml_collections.ConfigDict:
     c.model.regulariser = "dncnn"
     c.model.ridge_features = 32
     c.model.ridge_kernel = 5
+    c.model.padding = "zero"
 
     c.contraction = ml_collections.ConfigDict()
     c.contraction.jac_weight = 0.0

@@ -182,9 +182,10 @@ def regulariser_from_config(m, rngs: nnx.Rngs) -> DnCNN | ConvexRidge:
     "dncnn"; :data:`REGULARISERS`). The DnCNN reads ``depth``, ``features``,
     ``spectral_norm``, and optionally ``channels`` (3), ``dtype`` ("float32") and
     ``inject`` (False; True: it reads twice the channels, the iterate and the
-    measurement). "convex_ridge" (:class:`~jfbjax.models.ridge.ConvexRidge`, monotone
-    by construction) reads ``ridge_features`` (32) and ``ridge_kernel`` (5), and
-    refuses ``inject`` and a low-precision ``dtype``."""
+    measurement) and ``padding`` ("zero" | "reflect"). "convex_ridge"
+    (:class:`~jfbjax.models.ridge.ConvexRidge`, monotone by construction) reads
+    ``ridge_features`` (32) and ``ridge_kernel`` (5), and refuses ``inject`` and a
+    low-precision ``dtype``."""
     channels = int(m.get("channels", 3))
     kind = str(m.get("regulariser", "dncnn"))
     if kind not in REGULARISERS:
@@ -205,6 +206,7 @@ def regulariser_from_config(m, rngs: nnx.Rngs) -> DnCNN | ConvexRidge:
         spectral_norm=bool(m.spectral_norm),
         dtype=str(m.get("dtype", "float32")),
         in_channels=2 * channels if bool(m.get("inject", False)) else channels,
+        padding=str(m.get("padding", "zero")),
         rngs=rngs,
     )
 

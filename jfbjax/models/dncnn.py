@@ -224,6 +224,10 @@ def freeze_spectral_norm(module: M) -> M:
     return frozen
 
 
+#: What :class:`DnCNN`'s convolutions see beyond the image (its ``padding``).
+PADDINGS = ("zero", "reflect")
+
+
 class DnCNN(nnx.Module):
     """The DnCNN regulariser: ``depth`` 3x3 convolutions with ReLU between them.
 
@@ -250,6 +254,13 @@ class DnCNN(nnx.Module):
       in_channels: input channels when they differ from ``channels`` (e.g.
         ``2 * channels`` for a regulariser that also reads the measurement,
         :class:`~jfbjax.models.DEGRAD`'s ``inject``); None: ``channels``.
+      padding: what each convolution sees beyond the image: ``"zero"`` (the
+        default, "SAME" zero padding) or ``"reflect"`` (the image mirrored
+        about its edge pixel, ``jnp.pad(mode="reflect")``, so that no layer
+        sees an artificial dark frame). Reflect is computed as a 1-pixel
+        reflect pad, the zero-padded convolution and a crop of the 1-pixel
+        rim, which keeps :func:`~jfbjax.models.conv.conv_same`'s fast
+        backward; the rim costs ``((H + 2)(W + 2) / (H W))`` more work.
       rngs: initialisation keys.
 
     Input: ``(N, H, W, in_channels)`` or ``(H, W, in_channels)`` images; output:
@@ -265,9 +276,12 @@ class DnCNN(nnx.Module):
         spectral_norm: bool = False,
         dtype: str | jnp.dtype = "float32",
         in_channels: int | None = None,
+        padding: str = "zero",
         rngs: nnx.Rngs,
     ):
         dtype = _compute_dtype(dtype)
+        if padding not in PADDINGS:
+            raise ValueError(f"DnCNN padding must be one of {PADDINGS}, got {padding!r}")
         in_channels = channels if in_channels is None else in_channels
         for name, value, low in (
             ("channels", channels, 1), ("in_channels", in_channels, 1), ("depth", depth, 2)
@@ -306,6 +320,7 @@ class DnCNN(nnx.Module):
         self.in_channels = in_channels
         self.spectral_norm = spectral_norm
         self.dtype = dtype
+        self.padding = padding
 
     def scale_output(self, factor: float) -> None:
         """Multiplies the network's output by ``factor`` (0 < factor <= 1), in place:
@@ -327,7 +342,15 @@ class DnCNN(nnx.Module):
             raise ValueError(
                 f"DnCNN expects (N, H, W, {c}) or (H, W, {c}) images, got shape {x.shape}"
             )
+        conv = self._reflect_conv if self.padding == "reflect" else (lambda layer, h: layer(h))
         h = x
         for layer in self.layers[:-1]:
-            h = jax.nn.relu(layer(h))
-        return self.layers[-1](h)
+            h = jax.nn.relu(conv(layer, h))
+        return conv(self.layers[-1], h)
+
+    @staticmethod
+    def _reflect_conv(layer, h: jax.Array) -> jax.Array:
+        """``layer`` (a 3x3 "SAME" zero-padded convolution) on ``h`` reflect-padded by
+        one pixel, cropped back: the 3x3 convolution with reflect padding."""
+        pad = [(0, 0)] * (h.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
+        return layer(jnp.pad(h, pad, mode="reflect"))[..., 1:-1, 1:-1, :]

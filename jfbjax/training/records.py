@@ -98,6 +98,7 @@ ADDED_FIELDS: dict[str, object] = {
     "model.regulariser": "dncnn",
     "model.ridge_features": 32,
     "model.ridge_kernel": 5,
+    "model.padding": "zero",
 }
 
 

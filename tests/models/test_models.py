@@ -123,6 +123,34 @@ def test_dncnn_rejects_bad_configuration_and_input():
         r(jnp.zeros((8, 8)))
 
 
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_dncnn_reflect_padding_is_a_reflect_padded_valid_convolution(spectral_norm):
+    r = DnCNN(3, 3, 4, spectral_norm=spectral_norm, padding="reflect", rngs=nnx.Rngs(0))
+    last = r.layers[-1]
+    last.kernel[...] = _normal(5, last.kernel[...].shape) / 6.0  # starts at zero otherwise
+    last.bias[...] = _normal(6, last.bias[...].shape)
+    x = _normal(3, (2, 9, 10, 3))
+    h = x
+    for i, layer in enumerate(r.layers):
+        kernel = layer.normalised_kernel() if spectral_norm else layer.kernel[...]
+        padded = jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+        h = (
+            jax.lax.conv_general_dilated(
+                padded, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            + layer.bias[...]
+        )
+        h = jax.nn.relu(h) if i < len(r.layers) - 1 else h
+    np.testing.assert_allclose(r(x), h, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r(x[1]), r(x)[1], rtol=1e-6, atol=1e-6)  # one (H, W, C) image
+    zero = DnCNN(3, 3, 4, spectral_norm=spectral_norm, rngs=nnx.Rngs(0))
+    nnx.update(zero, nnx.state(r, nnx.Param))
+    edge = np.abs(np.asarray(zero(x) - r(x)))
+    assert edge[:, 4, 4].max() < 1e-6 < edge[:, 0].max()  # differs near the border only
+    with pytest.raises(ValueError, match="padding must be one of"):
+        DnCNN(3, 3, 4, padding="wrap", rngs=nnx.Rngs(0))
+
+
 # -------------------------------------------------------- spectral normalisation
 
 
