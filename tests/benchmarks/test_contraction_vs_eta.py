@@ -7,12 +7,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import jfbjax
 from benchmarks import contraction_vs_eta
 from jfbjax.data import load_data_from_config
 from jfbjax.training import load_run
 from jfbjax.training.records import evaluation_images
+
+
+def _solve(model, d):
+    """``model(d)`` compiled as one program (eagerly it dispatches op by op)."""
+    return nnx.jit(lambda m, d: m(d))(model, d)
 
 
 def test_rows_per_eta_match_the_dense_jacobian(tiny_run, tmp_path):
@@ -32,13 +38,13 @@ def test_rows_per_eta_match_the_dense_jacobian(tiny_run, tmp_path):
     d = jnp.asarray(d_val[:1])
     model = run.model.with_solver("anderson")
     model.solver = type(model.solver)(tol=1e-6, max_iter=300)
-    x_star = model(d)[0][0]
+    x_star = _solve(model, d)[0][0]
     shape = x_star.shape
     for r in res["rows"]:
         m = contraction_vs_eta._with_eta(run.model, r["eta"])
         assert float(m.eta) == pytest.approx(r["eta"], rel=1e-5)
         jac = jax.jacrev(lambda x, m=m: m.step(x.reshape(shape), d[0]).reshape(-1))
-        dense = np.asarray(jac(x_star.reshape(-1)))
+        dense = np.asarray(jax.jit(jac)(x_star.reshape(-1)))
         exact = np.linalg.norm(dense, 2)
         assert r["max"] <= exact * (1 + 1e-3)
         assert r["max"] == pytest.approx(exact, rel=2e-2)
@@ -70,13 +76,13 @@ def test_curvature_parts_add_up_to_the_dense_jacobian(tiny_run):
     model = run.model.with_solver(jfbjax.Anderson(tol=1e-7, max_iter=500))
     model.tikhonov, model.tv_weight, model.tv_eps = 0.01, 1e-3, 0.1
     model.precond, model.precond_tv, model.precond_iters = 0.1, True, 5
-    d = jnp.asarray(d_val[:1])
-    x_star, info = model(d)
+    d = jnp.asarray(d_val[:1, :8, :8])  # an 8x8 corner: a 192 x 192 dense Jacobian
+    x_star, info = _solve(model, d)
     assert int(info.status[0]) == int(jfbjax.CONVERGED)
     x, d0 = x_star[0], d[0]
     w = jax.random.normal(jax.random.PRNGKey(3), x.shape)
-    parts = contraction_vs_eta.curvature_parts(model, x, d0, w)
-    jac = jax.jacrev(lambda v: model.step(v.reshape(x.shape), d0).reshape(-1))
+    parts = jax.jit(lambda x, d0, w: contraction_vs_eta.curvature_parts(model, x, d0, w))(x, d0, w)
+    jac = jax.jit(jax.jacrev(lambda v: model.step(v.reshape(x.shape), d0).reshape(-1)))
     wjw = float(w.reshape(-1) @ np.asarray(jac(x.reshape(-1))) @ w.reshape(-1))
     c = {k: float(parts[f"c_{k}"]) for k in ("data", "tv", "tik", "R")}
     # each part is large enough to be missed at the tolerance below
