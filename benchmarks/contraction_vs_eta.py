@@ -47,9 +47,9 @@ from flax import nnx
 import jfbjax
 from benchmarks.common import exit_status, markdown_table, run_meta, write_result
 from jfbjax.data import load_data_from_config
-from jfbjax.imaging.baselines import smoothed_tv_gradient
+from jfbjax.diagnostics import _linear_maps
+from jfbjax.models import DEGRAD, DEProx
 from jfbjax.models.dncnn import freeze_spectral_norm
-from jfbjax.models.ensemble import symmetrize
 from jfbjax.training.contraction import contraction_factors
 from jfbjax.training.records import evaluation_images
 from jfbjax.training.restore import load_run
@@ -65,6 +65,11 @@ def _with_eta(model, eta: float):
     return other
 
 
+def _inner(shape) -> jax.Array:
+    """(H, W, 1) mask of the pixels more than 2 from the border of an (H, W, C) image."""
+    return jnp.zeros(shape[:2], bool).at[2:-2, 2:-2].set(True)[..., None]
+
+
 def top_direction(step, x: jax.Array, d: jax.Array, iters: int, key: jax.Array) -> dict:
     """What the least-contracted direction of ``x -> step(x, d)`` at ``x`` (one image,
     (H, W, C)) is: ``iters`` power steps on ``J^T J`` give the top right singular
@@ -72,25 +77,33 @@ def top_direction(step, x: jax.Array, d: jax.Array, iters: int, key: jax.Array) 
     (``<w, J w> / sigma``, in [-1, 1]), ``high_freq`` (share of ``w``'s energy at
     radial frequencies above 0.25 cycles per pixel) and ``border`` (share in the
     outer 2 pixels)."""
-    fx, vjp = jax.vjp(lambda z: step(z, d), x)
-    jt = jax.linear_transpose(lambda u: vjp(u)[0], fx)
-    jvp = lambda w: jt(w)[0]
+    jvp, vjp = _linear_maps(step, x, (d,))
     unit = lambda w: w / jnp.linalg.norm(w)
     w = unit(jax.random.normal(key, x.shape, x.dtype))
-    w = jax.lax.fori_loop(0, iters, lambda _, w: unit(vjp(jvp(w))[0]), w)
+    w = jax.lax.fori_loop(0, iters, lambda _, w: unit(vjp(jvp(w))), w)
     jw = jvp(w)
     sigma = jnp.linalg.norm(jw)
     power = jnp.abs(jnp.fft.fft2(w, axes=(0, 1))) ** 2
-    fy, fx_ = jnp.fft.fftfreq(x.shape[0]), jnp.fft.fftfreq(x.shape[1])
-    high = (fy[:, None] ** 2 + fx_[None, :] ** 2 > 0.25**2)[..., None]
-    inner = jnp.zeros(x.shape[:2], bool).at[2:-2, 2:-2].set(True)[..., None]
+    fy, fx = jnp.fft.fftfreq(x.shape[0]), jnp.fft.fftfreq(x.shape[1])
+    high = (fy[:, None] ** 2 + fx[None, :] ** 2 > 0.25**2)[..., None]
     return {
         "w": w,
         "sigma": sigma,
         "alignment": jnp.vdot(w, jw) / sigma,
         "high_freq": jnp.sum(jnp.where(high, power, 0.0)) / jnp.sum(power),
-        "border": jnp.sum(jnp.where(inner, 0.0, w**2)),
+        "border": jnp.sum(jnp.where(_inner(x.shape), 0.0, w**2)),
     }
+
+
+def _splits(model) -> bool:
+    """Whether :func:`curvature_parts` applies: a DE-GRAD map (not DE-Prox, whose
+    step is not a preconditioned gradient step) with ``equivariance`` 1 and no clamp."""
+    return (
+        isinstance(model, DEGRAD)
+        and not isinstance(model, DEProx)
+        and model.equivariance == 1
+        and not model.clamp
+    )
 
 
 def curvature_parts(model, x: jax.Array, d: jax.Array, w: jax.Array) -> dict:
@@ -100,32 +113,26 @@ def curvature_parts(model, x: jax.Array, d: jax.Array, w: jax.Array) -> dict:
     At a fixed point the gradient term vanishes, so the derivative of ``P(x)``
     drops out and :math:`J w = w - \eta P (A^T A + H_{tv} + t I + J_R) w`: the
     blur's data term, the smoothed TV's Hessian, the Tikhonov term and the
-    learned ``R``'s Jacobian (the DnCNN or the convex ridge). Returns
-    ``c_data``, ``c_tv``, ``c_tik``, ``c_R``, each
+    learned ``R``'s Jacobian (the DnCNN or the convex ridge), the terms of
+    :meth:`~jfbjax.models.DEGRAD.regulariser_terms`. Returns ``c_data``,
+    ``c_tv``, ``c_tik``, ``c_R`` (0 for a term the model does not have), each
     :math:`\eta \langle w, P H_k w \rangle` (so :math:`\langle w, J w \rangle =
     \|w\|^2 - \sum_k c_k`; positive parts contract along ``w``, negative ones
     expand), and ``border_<part>``, the share of each sum from the outer 2 pixels.
     """
-    if model.equivariance != 1 or model.clamp:
-        raise ValueError("curvature_parts needs model.equivariance == 1 and no clamp")
-    tv = lambda z: (
-        model.tv_weight
-        * symmetrize(lambda u: smoothed_tv_gradient(u, model.tv_eps), z, model.tv_equivariance)
-    )
-    parts = {
-        "data": lambda z: model.blur.adjoint(model.blur.apply(z) - d),
-        "tv": tv if model.tv_weight > 0 else (lambda z: jnp.zeros_like(z)),
-        "tik": lambda z: model.tikhonov * z,
-        "R": lambda z: model.regulariser(
-            jnp.concatenate([z, d.astype(z.dtype)], -1) if model.inject else z
-        ),
-    }
-    inner = jnp.zeros(x.shape[:2], bool).at[2:-2, 2:-2].set(True)[..., None]
+    if not _splits(model):
+        raise ValueError("curvature_parts needs a DEGRAD map with equivariance 1 and no clamp")
+    dr = d if model.inject else None
+    present = jax.eval_shape(lambda z: model.regulariser_terms(z, dr), x)  # names only
+    parts = {"data": lambda z: model.blur.adjoint(model.blur.apply(z) - d)}
+    for name in ("tv", "tik", "R"):
+        if name in present:
+            parts[name] = lambda z, name=name: model.regulariser_terms(z, dr)[name]
+    inner = _inner(x.shape)
     eta = model.eta.astype(x.dtype)
-    out = {}
+    out = {f"{k}_{n}": jnp.zeros((), x.dtype) for n in ("tv", "tik") for k in ("c", "border")}
     for name, f in parts.items():
-        _, vjp = jax.vjp(f, x)
-        hw = jax.linear_transpose(lambda u, vjp=vjp: vjp(u)[0], x)(w)[0]  # H_k w, by VJPs
+        hw = _linear_maps(lambda z, _, f=f: f(z), x, (None,))[0](w)  # H_k w, by VJPs
         e = w * (eta * model.precondition(x, hw))
         out[f"c_{name}"] = jnp.sum(e)
         out[f"border_{name}"] = jnp.sum(jnp.where(inner, 0.0, e))
@@ -177,7 +184,7 @@ def measure(
     if direction_iters > 0:
         step = model.step
         keys = jax.random.split(jax.random.PRNGKey(2), len(d))
-        parts = model.equivariance == 1 and not model.clamp and hasattr(model, "precondition")
+        parts = _splits(model)
 
         def one(x, di, k):
             out = top_direction(step, x, di, direction_iters, k)

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv_general_dilated", "conv_same"]
+__all__ = ["adjoint_kernel", "conv_general_dilated", "conv_same"]
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -73,10 +73,16 @@ def _conv_same_fwd(x, w, preferred_element_type):
     return _conv(x, w, preferred_element_type), (x, w)
 
 
+def adjoint_kernel(w: jax.Array) -> jax.Array:
+    r"""The HWIO kernel of the adjoint of :func:`conv_same` in ``x``: ``conv_same(u,
+    adjoint_kernel(w))`` is :math:`W^T u` (taps reversed, ``C_in`` and ``C_out`` swapped;
+    "SAME" zero padding and odd sides make the adjoint a convolution of the same kind)."""
+    return jnp.flip(w, (0, 1)).swapaxes(2, 3)
+
+
 def _conv_same_bwd(preferred_element_type, residuals, ct):
     x, w = residuals
-    w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)  # reversed taps, C_in <-> C_out
-    x_bar = _conv(ct.astype(w.dtype), w_t, preferred_element_type).astype(x.dtype)
+    x_bar = _conv(ct.astype(w.dtype), adjoint_kernel(w), preferred_element_type).astype(x.dtype)
     return x_bar, _kernel_gradient(x, ct, w.shape, preferred_element_type).astype(w.dtype)
 
 

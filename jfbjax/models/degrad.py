@@ -329,13 +329,27 @@ class DEGRAD(nnx.Module):
             other.backward = jfbjax.as_backward(backward)
         return other
 
-    def _regularise_once(self, x: jax.Array, d: jax.Array | None = None) -> jax.Array:
+    def regulariser_terms(self, x: jax.Array, d: jax.Array | None = None) -> dict:
+        """The terms of one (unsymmetrised) regulariser evaluation, by name: ``"R"``, the
+        learned network (reading ``d`` too when it is given, ``inject``), and, when
+        set, ``"tik"`` (``tikhonov * x``) and ``"tv"`` (the smoothed-TV gradient
+        times ``tv_weight``, averaged over ``tv_equivariance``). Their sum, in this
+        order, is the regulariser term of the step (with ``equivariance`` 1)."""
         r = self.regulariser(x if d is None else jnp.concatenate([x, d.astype(x.dtype)], -1))
+        terms = {"R": r}
         if self.tikhonov > 0:
-            r = r + self.tikhonov * x
+            terms["tik"] = self.tikhonov * x
         if self.tv_weight > 0:
             tv = symmetrize(lambda z: smoothed_tv_gradient(z, self.tv_eps), x, self.tv_equivariance)
-            r = r + self.tv_weight * tv.astype(r.dtype)
+            terms["tv"] = self.tv_weight * tv.astype(r.dtype)
+        return terms
+
+    def _regularise_once(self, x: jax.Array, d: jax.Array | None = None) -> jax.Array:
+        terms = self.regulariser_terms(x, d)
+        r = terms["R"]
+        for name in ("tik", "tv"):
+            if name in terms:
+                r = r + terms[name]
         return r
 
     def regularise(self, x: jax.Array, d: jax.Array | None = None) -> jax.Array:

@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jfbjax.models.conv import conv_same
+from jfbjax.models.conv import adjoint_kernel, conv_same
 
 __all__ = ["ConvexRidge"]
 
@@ -103,10 +103,8 @@ class ConvexRidge(nnx.Module):
 
     def energy(self, x: jax.Array) -> jax.Array:
         """``psi(x) = sum s_k log cosh(W x + b)`` (summed over images too), whose gradient is R."""
-        z = self._filter(x)
-        # log cosh z = |z| + log1p(exp(-2|z|)) - log 2, stable for large |z|
-        a = jnp.abs(z)
-        return jnp.sum(self.weights * (a + jnp.log1p(jnp.exp(-2.0 * a)) - jnp.log(2.0)))
+        z = self._filter(x)  # log cosh z = log(e^z + e^-z) - log 2, stable for large |z|
+        return jnp.sum(self.weights * (jnp.logaddexp(z, -z) - jnp.log(2.0)))
 
     def _filter(self, x: jax.Array) -> jax.Array:
         batched = x if x.ndim == 4 else x[None]
@@ -120,8 +118,6 @@ class ConvexRidge(nnx.Module):
                 f"ConvexRidge expects (N, H, W, {c}) or (H, W, {c}) images, got shape {x.shape}"
             )
         u = self.weights.astype(x.dtype) * jnp.tanh(self._filter(x))
-        # W^T: the correlation with the spatially flipped kernel, input and output swapped.
-        adjoint = self.kernel[...][::-1, ::-1].transpose(0, 1, 3, 2).astype(x.dtype)
         batched = u if u.ndim == 4 else u[None]
-        out = conv_same(batched, adjoint)
+        out = conv_same(batched, adjoint_kernel(self.kernel[...]).astype(x.dtype))  # W^T u
         return out if x.ndim == 4 else out[0]

@@ -11,6 +11,8 @@ from flax import nnx
 
 import jfbjax
 from benchmarks import contraction_vs_eta
+from experiments.configs import get_config
+from jfbjax.builders import build_model
 from jfbjax.data import load_data_from_config
 from jfbjax.training import load_run
 from jfbjax.training.records import evaluation_images
@@ -89,6 +91,11 @@ def test_curvature_parts_add_up_to_the_dense_jacobian(tiny_run):
     assert min(abs(v) for v in c.values()) > 3e-3 * float(jnp.vdot(w, w)), c
     assert float(jnp.vdot(w, w)) - sum(c.values()) == pytest.approx(wjw, rel=1e-3)
     assert c["data"] > 0 and c["tik"] > 0 and c["tv"] > 0
+    # DE-Prox's step is not a preconditioned gradient step: refused, not mis-split
+    config = get_config("smoke")
+    config.model.family = "deprox"
+    with pytest.raises(ValueError, match="a DEGRAD map"):
+        contraction_vs_eta.curvature_parts(build_model(config, run.blur, nnx.Rngs(0)), x, d0, w)
 
 
 @pytest.mark.parametrize(
