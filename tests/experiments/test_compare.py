@@ -74,6 +74,12 @@ def test_registry_selects_methods_and_what_they_need():
     assert [r.method for r in runs] == ["feedforward", "jfb_pretrained"] * 2  # two seeds
     with pytest.raises(ValueError, match="unknown method"):
         compare.run(["--preset", "smoke", "--methods", "nope"])
+    # the pretrained row loads a DnCNN into R: refused up front for another regulariser
+    ridge = get_config("cpu")
+    ridge.model.regulariser = "convex_ridge"
+    with pytest.raises(ValueError, match=r"needs model\.regulariser=dncnn"):
+        compare.learned_runs(ridge, settings, {"jfb_pretrained"})
+    assert [r.method for r in compare.learned_runs(ridge, settings, {"jfb"})] == ["jfb"] * 2
 
 
 def test_aggregate_over_seeds():
