@@ -408,6 +408,62 @@ LEVERS: tuple[Lever, ...] = (
         group="combination",
     ),
     Lever(
+        "tv_e02_lagged05_tmi30_spec10_t93_s2_s500",
+        "the same penalty (target 0.93, 2 images per batch), 500 training steps instead of "
+        "250 (does the penalised model catch up given twice the budget?)",
+        (
+            *_DEFAULT,
+            *_SPECTRAL,
+            "contraction.target=0.93",
+            "contraction.power_iters=10",
+            "contraction.samples=2",
+            "steps=500",
+        ),
+        group="combination",
+    ),
+    Lever(
+        "tv_e02_lagged05_tmi30_s500",
+        "the default, 500 training steps instead of 250 (the control for the penalised "
+        "500-step row)",
+        (*_DEFAULT, "steps=500"),
+        group="combination",
+    ),
+    Lever(
+        "tv_e02_lagged05_tmi30_circular",
+        "the default on a periodic (circular) blur instead of the zero boundary: another "
+        "problem, so compare with its own TV (is the zero boundary where the map stops "
+        "contracting?)",
+        (*_DEFAULT, "blur.boundary=circular"),
+        group="combination",
+    ),
+    Lever(
+        "tv_e02_lagged05_tmi30_spec10_t97_s2",
+        "the default, a guard penalty 1.0 max(‖J‖₂ - 0.97, 0)², 10 power iterations on 2 "
+        "images of each batch",
+        (
+            *_DEFAULT,
+            *_SPECTRAL,
+            "contraction.target=0.97",
+            "contraction.power_iters=10",
+            "contraction.samples=2",
+        ),
+        group="combination",
+    ),
+    Lever(
+        "tv_e02_lagged05_tmi30_spec10_t97_s2_s500",
+        "the guard penalty (target 0.97, 2 images per batch), 500 training steps (does it "
+        "keep the equilibrium that 500 unpenalised steps lose?)",
+        (
+            *_DEFAULT,
+            *_SPECTRAL,
+            "contraction.target=0.97",
+            "contraction.power_iters=10",
+            "contraction.samples=2",
+            "steps=500",
+        ),
+        group="combination",
+    ),
+    Lever(
         "tv_e02_lagged05_tmi30_ridge",
         "the default with R a convex ridge regulariser (32 5x5 filters, log-cosh: the "
         "gradient of a convex energy, monotone by construction) instead of the DnCNN",
