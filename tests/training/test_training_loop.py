@@ -170,3 +170,17 @@ def test_the_training_cap_only_ever_lowers_the_solver_iterations():
     config.solver.train_max_iter = -1
     with pytest.raises(ValueError, match="train_max_iter must be >= 0"):
         train_and_evaluate(config, "/nonexistent/never-written", progress=False)
+
+
+def test_an_evaluation_that_is_no_equilibrium_warns_with_the_remedy():
+    from jfbjax.training.loop import _equilibrium_warning
+
+    fine = {"fraction_converged": 1.0, "contraction_max": 1.002}
+    assert _equilibrium_warning(fine, fine) is None
+    assert _equilibrium_warning({}, {}) is None  # nothing measured: nothing to say
+    slow = {"fraction_converged": 0.75, "contraction_max": 1.002}
+    expands = {"fraction_converged": 1.0, "contraction_max": 5.9}
+    text = _equilibrium_warning(slow, expands)
+    assert "75% of the val solves converged" in text and "test contraction max 5.90" in text
+    assert "contraction.spectral_weight=1.0" in text
+    assert "val" not in _equilibrium_warning(fine, expands).split("(")[1].split(")")[0]
