@@ -100,7 +100,10 @@ def test_aggregate_over_seeds():
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     argv = ["--preset", "smoke", "--out", str(out), "--seeds", "0", "--steps", "4"]
-    argv += ["--no_progress", "--compare_set", "pnp_steps=(1.0,)", "--compare_set", "tv_iters=60"]
+    argv += ["--no_progress", "--compare_set", "tv_iters=60"]
+    # One denoiser (each noise level compiles its own training step), two PnP steps
+    # (the step is traced: no new compilation), so the tuning still chooses.
+    argv += ["--compare_set", "denoiser_noise=(0.05,)", "--compare_set", "pnp_steps=(1.0,0.5)"]
     # The comparison tunes TV itself; the training runs need neither their own TV
     # baseline nor the GMRES gradient-alignment report (tested in tests/training).
     argv += ["--set", "tv.weights=()", "--set", "contraction.align_images=0"]
@@ -126,7 +129,10 @@ def test_smoke_comparison_end_to_end(smoke):
     assert 0 < rows["jfb"]["contraction_mean"] <= rows["jfb"]["contraction_max"]
     # backprop through K iterations needs more memory than a one-step JFB backward
     assert rows["unrolled"]["temp_memory_bytes"] > rows["jfb"]["temp_memory_bytes"]
-    assert rows["pnp"]["denoiser_noise"] == 0.05 and rows["pnp"]["step"] == 1.0
+    (tuning,) = [r["tuning"] for r in rows["pnp"]["per_seed"]]
+    assert [(t["denoiser_noise"], t["step"]) for t in tuning] == [(0.05, 1.0), (0.05, 0.5)]
+    best = max(tuning, key=lambda t: t["val_psnr"])  # chosen on val
+    assert (rows["pnp"]["denoiser_noise"], rows["pnp"]["step"]) == (0.05, best["step"])
     assert rows["tv"]["weight"] in (1e-3, 1e-2)
     md = (out / "table.md").read_text()
     for row in table["rows"]:
