@@ -251,13 +251,14 @@ def learned_runs(base: ml_collections.ConfigDict, settings, wanted=None) -> list
             c.seed = int(seed)
             c.eval_every = int(settings.eval_every)
             apply_overrides(c, [f"{key}={value!r}" for key, value in m.overrides])
-            if m.init_from and c.model.regulariser != "dncnn":
-                raise ValueError(
-                    f"{m.key} starts R from the feed-forward DnCNN of {m.init_from!r}, so it "
-                    f"needs model.regulariser=dncnn (got {c.model.regulariser!r}); leave "
-                    f"{m.key} out of --methods"
-                )
-            if m.init_from:  # recorded with the run, so a run with another scale is not reused
+            if m.init_from:
+                if c.model.regulariser != "dncnn":
+                    raise ValueError(
+                        f"{m.key} starts R from the feed-forward DnCNN of {m.init_from!r}, so "
+                        f"it needs model.regulariser=dncnn (got {c.model.regulariser!r}); "
+                        f"leave {m.key} out of --methods"
+                    )
+                # recorded with the run, so a run with another scale is not reused
                 c.init_scale = _init_scale(settings, c.model)
             runs.append(LearnedRun(m.key, int(seed), c, m.init_from))
     return runs

@@ -184,3 +184,7 @@ def test_an_evaluation_that_is_no_equilibrium_warns_with_the_remedy():
     assert "75% of the val solves converged" in text and "test contraction max 5.90" in text
     assert "contraction.spectral_weight=1.0" in text
     assert "val" not in _equilibrium_warning(fine, expands).split("(")[1].split(")")[0]
+    # each consequence is said only when its condition fired
+    assert "truncated iterations" in text and "descent guarantee" in text
+    assert "truncated iterations" not in _equilibrium_warning(fine, expands)
+    assert "descent guarantee" not in _equilibrium_warning(slow, fine)
